@@ -1,0 +1,1 @@
+"""Meridian engine core: channels, pipeline, message store, queues. Knows no network protocol."""

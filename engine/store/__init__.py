@@ -1,0 +1,1 @@
+"""Message store: SQLAlchemy 2 Core on SQLite (WAL) or PostgreSQL."""
