@@ -1,0 +1,139 @@
+"""Pydantic models of a channel file and of the hub's own settings.
+
+A channel file is validated in two steps: the channel's own fields here, then
+each connector's fields by the config class its ``type:`` names in the
+registry (see :mod:`engine.registry`). Everything is ``extra="forbid"`` so a
+misspelt key is an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from connectors.dicom_mwl import DicomListenerConfig
+from engine.transform import TransformConfig
+
+__all__ = [
+    "RetryPolicy",
+    "FilterRule",
+    "InboundConfig",
+    "DestinationFile",
+    "ChannelFile",
+    "Channel",
+    "ChannelDestination",
+    "HubSettings",
+]
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetryPolicy(_Strict):
+    """Retry of a destination that is down: exponential backoff with jitter, never dropping."""
+
+    initial_backoff_seconds: float = Field(default=1.0, gt=0)
+    max_backoff_seconds: float = Field(default=300.0, gt=0)
+    multiplier: float = Field(default=2.0, ge=1.0)
+    jitter: float = Field(default=0.2, ge=0, le=1, description="fraction of the delay")
+    max_attempts: int | None = Field(
+        default=None, ge=1, description="None retries for ever; otherwise ERROR after N attempts"
+    )
+
+
+class FilterRule(_Strict):
+    """Keeps a message when the Jinja expression ``when`` is true (``msg`` is the message)."""
+
+    name: str = Field(min_length=1)
+    when: str = Field(min_length=1)
+
+
+class InboundConfig(_Strict):
+    """How the channel reads what its source receives."""
+
+    data_type: Literal["hl7v2"] = "hl7v2"
+    default_charset: str = Field(
+        default="UNICODE UTF-8", description="HL7 table 0211 name used when MSH-18 is empty"
+    )
+    accept_message_types: list[str] | None = Field(
+        default=None, description="e.g. ['ORM^O01', 'OMI^O23']; others get AR. None accepts all."
+    )
+    duplicate_control: bool = Field(
+        default=True, description="a resent message (same sender, MSH-10, content) is ACKed again, not applied twice"
+    )
+
+
+class DestinationFile(_Strict):
+    """The engine's fields of a destination; the rest belong to its connector."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    type: str
+    enabled: bool = True
+    filters: list[FilterRule] = Field(default_factory=list)
+    transform: TransformConfig | None = None
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+
+class ChannelFile(_Strict):
+    """One channel file (``channels/*.yaml``) as an analyst writes it."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    enabled: bool = True
+    inbound: InboundConfig = Field(default_factory=InboundConfig)
+    source: dict[str, Any]
+    filters: list[FilterRule] = Field(default_factory=list)
+    transform: TransformConfig | None = None
+    destinations: list[dict[str, Any]] = Field(min_length=1)
+
+
+class ChannelDestination(BaseModel):
+    """A validated destination: engine fields plus its connector's validated config."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    spec: DestinationFile
+    connector: BaseModel
+
+
+class Channel(BaseModel):
+    """A fully validated channel, ready to deploy."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    path: Path
+    file: ChannelFile
+    source: BaseModel
+    destinations: list[ChannelDestination]
+
+    @property
+    def name(self) -> str:
+        """The channel's unique name."""
+        return self.file.name
+
+
+class HubSettings(_Strict):
+    """Settings of one hub process (``meridian serve``)."""
+
+    channels_dir: Path = Path("channels")
+    transforms_dir: Path | None = Field(
+        default=None, description="default: the 'transforms' folder next to channels_dir"
+    )
+    data_dir: Path = Path("var")
+    db_url: str | None = Field(default=None, description="default: SQLite under data_dir")
+    dicom: DicomListenerConfig = Field(default_factory=DicomListenerConfig)
+    uid_root: str = Field(default="1.2.826.0.1.3680043.8.498.", pattern=r"^[0-9.]{2,40}\.$")
+    pipeline_threads: int = Field(default=8, ge=1, le=64)
+
+    def resolved_transforms_dir(self) -> Path:
+        """The transforms folder in effect."""
+        return self.transforms_dir or self.channels_dir.resolve().parent / "transforms"
+
+    def resolved_db_url(self) -> str:
+        """The store URL in effect."""
+        return self.db_url or f"sqlite:///{(self.data_dir / 'meridian.db').resolve()}"

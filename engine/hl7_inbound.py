@@ -1,0 +1,101 @@
+"""The HL7 v2 data type of a channel: read inbound bytes, answer with an ACK.
+
+Reading decodes by MSH-18 and parses with python-hl7; answering follows the
+original (AA/AE/AR) or enhanced (MSH-15: CA/CE/CR or nothing) acknowledgment
+rules. When a message cannot be parsed we still try to read its MSH so the
+NAK can carry MSA-2 and the sender can match it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Literal
+
+import hl7
+
+from engine.errors import MessageError, ParseError
+from engine.formats.hl7 import (
+    HL7Header,
+    ParsedHL7,
+    ack_code_for,
+    build_ack,
+    decode,
+    encode,
+    parse,
+)
+
+__all__ = ["InboundHL7", "read_hl7", "best_effort_header", "reply_for", "content_hash", "Outcome"]
+
+Outcome = Literal["accepted", "error", "rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class InboundHL7:
+    """A decoded, parsed inbound message and the keys the store indexes."""
+
+    parsed: ParsedHL7
+    patient_id: str | None
+    accession: str | None
+
+    @property
+    def header(self) -> HL7Header:
+        """The message's MSH."""
+        return self.parsed.header
+
+
+def read_hl7(raw: bytes, default_charset: str) -> InboundHL7:
+    """Decode and parse ``raw``; raises DecodeError or ParseError with an analyst's reason."""
+    parsed = parse(decode(raw, default_charset))
+    return InboundHL7(
+        parsed=parsed,
+        patient_id=_first_component(parsed.message, "PID", 3),
+        accession=_first_component(parsed.message, "OBR", 18),
+    )
+
+
+def best_effort_header(raw: bytes) -> HL7Header | None:
+    """The MSH of a message that failed to decode or parse, if it can be read at all."""
+    try:
+        text = raw.decode("latin-1")
+        msh_end = min((i for i in (text.find("\r"), text.find("\n")) if i >= 0), default=len(text))
+        return parse(text[:msh_end]).header
+    except (MessageError, ValueError):
+        return None
+
+
+def reply_for(
+    header: HL7Header | None,
+    outcome: Outcome,
+    reason: str | None,
+    default_charset: str,
+    *,
+    error_code: str | None = None,
+) -> tuple[str | None, bytes | None]:
+    """The ACK text (to store) and bytes (to send) for an outcome; (None, None) if none is due."""
+    if header is None:
+        code: str | None = {"accepted": "AA", "error": "AE", "rejected": "AR"}[outcome]
+    else:
+        code = ack_code_for(header, outcome)
+    if code is None:
+        return None, None
+    text = build_ack(header, code, reason, error_code=error_code)
+    return text, encode(text, header, default_charset)
+
+
+def content_hash(raw: bytes) -> str:
+    """Hash of the exact bytes received, for duplicate detection."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _first_component(message: hl7.Message, segment_id: str, field: int) -> str | None:
+    """First component of the first repetition of a field, '' and absent → None."""
+    for segment in message:
+        if str(segment[0]) != segment_id:
+            continue
+        try:
+            value = str(message.extract_field(segment_id, 1, field, 1, 1))
+        except (IndexError, KeyError, ParseError):
+            return None
+        return value[:64] or None
+    return None

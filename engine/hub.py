@@ -1,0 +1,108 @@
+"""The hub: one process running every deployed channel, the store and the DICOM listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy import Engine
+
+from connectors.base import Source
+from connectors.dicom_mwl import MWLServer
+from engine import registry
+from engine.config import Channel, HubSettings
+from engine.pipeline import ChannelRuntime
+from engine.queue import DestinationWorker
+from engine.services import Services
+from engine.store.db import open_engine
+from engine.store.group_commit import GroupCommitter
+from engine.templating import TemplateEnvironment
+from engine.worklist import WorklistStore
+
+__all__ = ["Hub"]
+
+log = logging.getLogger(__name__)
+
+
+class Hub:
+    """Starts and stops everything ``meridian serve`` runs, in the right order."""
+
+    def __init__(self, settings: HubSettings, channels: list[Channel]) -> None:
+        self.settings = settings
+        self.channels = [c for c in channels if c.file.enabled]
+        self.sources: dict[str, Any] = {}
+        self.runtimes: dict[str, ChannelRuntime] = {}
+        self.mwl: MWLServer | None = None
+        self._engine: Engine | None = None
+        self._committer: GroupCommitter | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self.services: Services | None = None
+
+    async def start(self) -> None:
+        """Open the store, deploy every enabled channel, start the DICOM listener."""
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._engine = await asyncio.to_thread(open_engine, settings.resolved_db_url())
+        self._committer = GroupCommitter(self._engine)
+        self._committer.start()
+        worklist = WorklistStore(self._engine)
+        templates = TemplateEnvironment(settings.resolved_transforms_dir(), uid_root=settings.uid_root)
+        self.services = Services(settings, self._engine, self._committer, worklist, templates)
+        self._pool = ThreadPoolExecutor(settings.pipeline_threads, thread_name_prefix="pipeline")
+        for channel in self.channels:
+            await self._deploy(channel, self.services, self._pool)
+        self.mwl = MWLServer(settings.dicom, worklist)
+        await asyncio.to_thread(self.mwl.start)
+        log.info(
+            "hub started: %d channel(s), DICOM AE %s on port %d, store %s",
+            len(self.channels), settings.dicom.ae_title, self.mwl.bound_port,
+            self._engine.dialect.name,
+        )
+
+    async def _deploy(self, channel: Channel, services: Services, pool: ThreadPoolExecutor) -> None:
+        runtime = ChannelRuntime(channel, services, pool)
+        for destination in channel.destinations:
+            if not destination.spec.enabled:
+                continue
+            make = registry.factory("destination", destination.spec.type)
+            worker = DestinationWorker(
+                channel.name,
+                destination.spec.name,
+                make(destination.connector, services),
+                destination.spec.retry,
+                services.engine,
+                services.committer,
+            )
+            worker.start()
+            runtime.workers.append(worker)
+        source: Source = registry.factory("source", channel.file.source["type"])(
+            channel.source, services
+        )
+        await source.start(runtime.handle)
+        self.sources[channel.name] = source
+        self.runtimes[channel.name] = runtime
+        log.info("channel %s deployed", channel.name)
+
+    async def stop(self) -> None:
+        """Stop listening, finish in-flight messages and deliveries, close the store."""
+        for name, source in self.sources.items():
+            await source.stop()
+            log.info("channel %s: source stopped", name)
+        for runtime in self.runtimes.values():
+            for worker in runtime.workers:
+                await worker.stop()
+        if self.mwl is not None:
+            await asyncio.to_thread(self.mwl.stop)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        if self._committer is not None:
+            await asyncio.to_thread(self._committer.stop)
+        if self._engine is not None:
+            self._engine.dispose()
+        log.info("hub stopped")
+
+    def all_workers(self) -> list[DestinationWorker]:
+        """Every destination worker of every channel."""
+        return [w for r in self.runtimes.values() for w in r.workers]

@@ -1,0 +1,193 @@
+"""Durable destination queues: one worker per channel destination.
+
+The worker delivers its queue's entries in arrival order. A destination that
+is down (RecoverableError) keeps the head entry QUEUED and retries it with
+exponential backoff and jitter, holding the entries behind it so order is
+kept; a refusal (PermanentError, TransformError) marks that entry ERROR for an
+analyst and moves on. Nothing is ever dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from datetime import timedelta
+
+from sqlalchemy import Connection, Engine
+
+from connectors.base import Delivery, Destination, TransactionalDestination
+from engine.config import RetryPolicy
+from engine.errors import EngineError, RecoverableError, StoreError
+from engine.store.group_commit import GroupCommitter
+from engine.store.messages import (
+    QueueEntry,
+    mark_error,
+    mark_retry,
+    mark_sent,
+    now,
+    pending_entries,
+)
+
+__all__ = ["DestinationWorker", "backoff_delay"]
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_SECONDS = 1.0
+BATCH = 200
+
+
+def backoff_delay(policy: RetryPolicy, attempts: int, rng: random.Random | None = None) -> float:
+    """Seconds before attempt ``attempts + 1``: exponential, capped, with jitter."""
+    base = policy.initial_backoff_seconds * policy.multiplier ** max(attempts - 1, 0)
+    delay = min(base, policy.max_backoff_seconds)
+    spread = delay * policy.jitter
+    return max(0.0, delay + (rng or random).uniform(-spread, spread))
+
+
+class DestinationWorker:
+    """Delivers one destination's queue, in order, until stopped."""
+
+    def __init__(
+        self,
+        channel: str,
+        destination: str,
+        connector: Destination | TransactionalDestination,
+        retry: RetryPolicy,
+        engine: Engine,
+        committer: GroupCommitter,
+    ) -> None:
+        self.channel = channel
+        self.destination = destination
+        self._connector = connector
+        self._retry = retry
+        self._engine = engine
+        self._committer = committer
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        """Start delivering (call from the event loop)."""
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._run(), name=f"queue:{self.channel}/{self.destination}")
+
+    def notify(self) -> None:
+        """New entries were committed: wake the worker (safe from any thread)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def stop(self) -> None:
+        """Finish the delivery in progress, then stop; queued entries stay for the next start."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        await self._connector.close()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._drain_once()
+            except StoreError as exc:
+                log.error("%s/%s: store unavailable (%s); retrying", self.channel, self.destination, exc)
+                await self._sleep(IDLE_POLL_SECONDS)
+            except Exception:
+                log.exception("%s/%s: unexpected worker error", self.channel, self.destination)
+                await self._sleep(IDLE_POLL_SECONDS)
+
+    async def _drain_once(self) -> None:
+        self._wake.clear()
+        entries = await asyncio.to_thread(
+            pending_entries, self._engine, self.channel, self.destination, BATCH
+        )
+        if not entries:
+            await self._sleep(IDLE_POLL_SECONDS)
+            return
+        wait = (entries[0].next_attempt_at - now()).total_seconds()
+        if wait > 0:
+            await self._sleep(wait)
+            return
+        if isinstance(self._connector, TransactionalDestination):
+            await self._apply_batch(self._connector, _due(entries))
+        else:
+            await self._send_in_order(self._connector, entries)
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._stopping:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+
+    async def _apply_batch(
+        self, connector: TransactionalDestination, entries: list[QueueEntry]
+    ) -> None:
+        # All ops go to the writer together, so they share commits; the writer
+        # keeps their order and retries them one by one if any fails.
+        futures = [self._committer.submit(_apply_op(connector, entry)) for entry in entries]
+        for entry, future in zip(entries, futures, strict=True):
+            try:
+                await asyncio.wrap_future(future)
+            except (RecoverableError, StoreError) as exc:
+                await self._schedule_retry(entry, exc)
+            except EngineError as exc:
+                await self._fail(entry, exc)
+
+    async def _send_in_order(self, connector: Destination, entries: list[QueueEntry]) -> None:
+        for entry in entries:
+            if self._stopping or entry.next_attempt_at > now():
+                return
+            try:
+                delivery = await connector.send(entry.payload)
+            except RecoverableError as exc:
+                await self._schedule_retry(entry, exc)
+                return  # the head waits; entries behind it keep their order
+            except EngineError as exc:
+                await self._fail(entry, exc)
+                continue
+            await self._committer.run_async(_sent_op(entry, delivery))
+
+    async def _schedule_retry(self, entry: QueueEntry, exc: Exception) -> None:
+        attempts = entry.attempts + 1
+        if self._retry.max_attempts is not None and attempts >= self._retry.max_attempts:
+            await self._fail(entry, exc)
+            return
+        delay = backoff_delay(self._retry, attempts)
+        log.warning(
+            "%s/%s: entry %d attempt %d failed (%s); next try in %.1fs",
+            self.channel, self.destination, entry.id, attempts, exc, delay,
+        )
+        next_at = now() + timedelta(seconds=delay)
+        await self._committer.run_async(lambda conn: mark_retry(conn, entry, next_at, str(exc)))
+
+    async def _fail(self, entry: QueueEntry, exc: Exception) -> None:
+        log.error("%s/%s: entry %d failed: %s", self.channel, self.destination, entry.id, exc)
+        await self._committer.run_async(lambda conn: mark_error(conn, entry, str(exc)))
+
+
+def _due(entries: list[QueueEntry]) -> list[QueueEntry]:
+    """The leading entries that are due now; stop at the first that is not (order)."""
+    current = now()
+    due: list[QueueEntry] = []
+    for entry in entries:
+        if entry.next_attempt_at > current:
+            break
+        due.append(entry)
+    return due
+
+
+def _apply_op(connector: TransactionalDestination, entry: QueueEntry) -> object:
+    def op(conn: Connection) -> None:
+        delivery = connector.apply(conn, entry.payload)
+        mark_sent(conn, entry, delivery.response)
+
+    return op
+
+
+def _sent_op(entry: QueueEntry, delivery: Delivery) -> object:
+    def op(conn: Connection) -> None:
+        mark_sent(conn, entry, delivery.response)
+
+    return op

@@ -1,0 +1,25 @@
+"""What the hub shares with its channels and connectors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from engine.config import HubSettings
+from engine.store.group_commit import GroupCommitter
+from engine.templating import TemplateEnvironment
+from engine.worklist import WorklistStore
+
+__all__ = ["Services"]
+
+
+@dataclass(frozen=True)
+class Services:
+    """The store, its writer, the worklist and the template environment of one hub."""
+
+    settings: HubSettings
+    engine: Engine
+    committer: GroupCommitter
+    worklist: WorklistStore
+    templates: TemplateEnvironment

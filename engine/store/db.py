@@ -1,0 +1,56 @@
+"""Open the store: SQLite (WAL, synchronous=FULL) by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import SQLAlchemyError
+
+from engine.errors import StoreError
+from engine.store.schema import metadata
+
+__all__ = ["open_engine", "is_sqlite"]
+
+
+def is_sqlite(engine: Engine) -> bool:
+    """True for the embedded SQLite backend."""
+    return engine.dialect.name == "sqlite"
+
+
+def open_engine(url: str, *, create_schema: bool = True) -> Engine:
+    """Create the SQLAlchemy engine for ``url`` and (by default) the tables."""
+    # Importing the modules that own tables registers them on the shared metadata.
+    import engine.store.tables  # noqa: F401
+    import engine.worklist  # noqa: F401
+
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = create_engine(url, **_engine_options(url))
+        if is_sqlite(engine):
+            event.listen(engine, "connect", _sqlite_pragmas)
+        if create_schema:
+            metadata.create_all(engine)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot open the message store: {exc.__class__.__name__}: {exc}") from exc
+    return engine
+
+
+def _engine_options(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        # Connections are used from the committer thread and pynetdicom's threads.
+        return {"connect_args": {"check_same_thread": False, "timeout": 30}, "pool_size": 20}
+    return {"pool_size": 20, "max_overflow": 10, "pool_pre_ping": True}
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets modality queries read while the committer writes; FULL makes a
+    # commit survive power loss, which is what an ACK promises.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,296 @@
+"""Write operations and queries on messages and destination queues.
+
+Write operations are functions of a ``Connection`` meant for the
+:class:`~engine.store.group_commit.GroupCommitter`; they never commit
+themselves. Moves of a queue entry check the state machine in SQL
+(``WHERE status = 'QUEUED'``), so marking an entry twice raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+
+from engine.errors import IllegalTransition
+from engine.states import MessageStatus
+from engine.store.tables import duplicate_keys, messages, queue_entries
+
+__all__ = [
+    "QueueItem",
+    "InboundRecord",
+    "InsertResult",
+    "QueueEntry",
+    "insert_inbound",
+    "pending_entries",
+    "mark_sent",
+    "mark_retry",
+    "mark_error",
+    "get_message",
+    "now",
+]
+
+
+def now() -> datetime:
+    """The store's clock: timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItem:
+    """One payload for one destination, created with its message."""
+
+    destination: str
+    payload: str
+    order_key: str | None = None
+
+
+@dataclass(slots=True)
+class InboundRecord:
+    """Everything stored about an inbound message in the transaction that accepts it."""
+
+    channel: str
+    origin: str
+    raw: str
+    status: MessageStatus
+    response: str | None = None
+    error: str | None = None
+    transformed: str | None = None
+    message_type: str | None = None
+    sender: str | None = None
+    control_id: str | None = None
+    patient_id: str | None = None
+    accession: str | None = None
+    content_hash: str | None = None
+    queue: list[QueueItem] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    """The stored message's id, or the earlier message this one duplicates."""
+
+    message_id: int
+    duplicate: bool
+    response: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    """A pending delivery read from a destination queue."""
+
+    id: int
+    message_id: int
+    payload: str
+    attempts: int
+    next_attempt_at: datetime
+
+
+def insert_inbound(record: InboundRecord, *, duplicate_control: bool) -> Any:
+    """A write op storing ``record`` (or finding the message it duplicates)."""
+
+    def op(conn: Connection) -> InsertResult:
+        if duplicate_control and _has_duplicate_key(record):
+            earlier = _find_duplicate(conn, record)
+            if earlier is not None:
+                return earlier
+        stamp = now()
+        message_id = _insert_message(conn, record, stamp)
+        if record.queue:
+            conn.execute(
+                insert(queue_entries),
+                [_queue_row(record.channel, message_id, item, stamp) for item in record.queue],
+            )
+        if duplicate_control and _has_duplicate_key(record):
+            conn.execute(
+                insert(duplicate_keys).values(
+                    channel=record.channel,
+                    sender=record.sender,
+                    control_id=record.control_id,
+                    content_hash=record.content_hash,
+                    message_id=message_id,
+                    received_at=stamp,
+                )
+            )
+        return InsertResult(message_id=message_id, duplicate=False, response=record.response)
+
+    return op
+
+
+def _has_duplicate_key(record: InboundRecord) -> bool:
+    return bool(record.sender is not None and record.control_id and record.content_hash)
+
+
+def _find_duplicate(conn: Connection, record: InboundRecord) -> InsertResult | None:
+    row = conn.execute(
+        select(messages.c.id, messages.c.response)
+        .join(duplicate_keys, duplicate_keys.c.message_id == messages.c.id)
+        .where(
+            duplicate_keys.c.channel == record.channel,
+            duplicate_keys.c.sender == record.sender,
+            duplicate_keys.c.control_id == record.control_id,
+            duplicate_keys.c.content_hash == record.content_hash,
+        )
+    ).first()
+    if row is None:
+        return None
+    return InsertResult(message_id=row.id, duplicate=True, response=row.response)
+
+
+def _insert_message(conn: Connection, record: InboundRecord, stamp: datetime) -> int:
+    result = conn.execute(
+        insert(messages)
+        .values(
+            channel=record.channel,
+            status=record.status.value,
+            received_at=stamp,
+            updated_at=stamp,
+            origin=record.origin,
+            message_type=record.message_type,
+            sender=record.sender,
+            control_id=record.control_id,
+            patient_id=record.patient_id,
+            accession=record.accession,
+            raw=record.raw,
+            transformed=record.transformed,
+            response=record.response,
+            error=record.error,
+        )
+        .returning(messages.c.id)
+    )
+    return int(result.scalar_one())
+
+
+def _queue_row(channel: str, message_id: int, item: QueueItem, stamp: datetime) -> dict[str, Any]:
+    return {
+        "message_id": message_id,
+        "channel": channel,
+        "destination": item.destination,
+        "status": MessageStatus.QUEUED.value,
+        "payload": item.payload,
+        "order_key": item.order_key,
+        "attempts": 0,
+        "next_attempt_at": stamp,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
+
+
+def pending_entries(engine: Engine, channel: str, destination: str, limit: int) -> list[QueueEntry]:
+    """The oldest queued entries of one destination, in arrival order (head first)."""
+    query = (
+        select(
+            queue_entries.c.id,
+            queue_entries.c.message_id,
+            queue_entries.c.payload,
+            queue_entries.c.attempts,
+            queue_entries.c.next_attempt_at,
+        )
+        .where(
+            queue_entries.c.channel == channel,
+            queue_entries.c.destination == destination,
+            queue_entries.c.status == MessageStatus.QUEUED.value,
+        )
+        .order_by(queue_entries.c.id)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        return [
+            QueueEntry(
+                id=row.id,
+                message_id=row.message_id,
+                payload=row.payload,
+                attempts=row.attempts,
+                next_attempt_at=_aware(row.next_attempt_at),
+            )
+            for row in conn.execute(query)
+        ]
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; everything we store is UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def mark_sent(conn: Connection, entry: QueueEntry, response: str | None) -> None:
+    """Move a queue entry QUEUED → SENT (within the caller's transaction)."""
+    _move(conn, entry, MessageStatus.SENT, response=response, error=None)
+
+
+def mark_error(conn: Connection, entry: QueueEntry, error: str) -> None:
+    """Move a queue entry QUEUED → ERROR: it needs an analyst (reprocess)."""
+    _move(conn, entry, MessageStatus.ERROR, response=None, error=error)
+
+
+def mark_retry(conn: Connection, entry: QueueEntry, next_attempt_at: datetime, error: str) -> None:
+    """Keep an entry QUEUED with one more attempt counted and its next attempt time."""
+    result = conn.execute(
+        update(queue_entries)
+        .where(
+            queue_entries.c.id == entry.id,
+            queue_entries.c.status == MessageStatus.QUEUED.value,
+        )
+        .values(
+            attempts=queue_entries.c.attempts + 1,
+            next_attempt_at=next_attempt_at,
+            error=error,
+            updated_at=now(),
+        )
+    )
+    if result.rowcount != 1:
+        raise IllegalTransition(f"queue entry {entry.id} is no longer QUEUED")
+
+
+def _move(
+    conn: Connection,
+    entry: QueueEntry,
+    status: MessageStatus,
+    *,
+    response: str | None,
+    error: str | None,
+) -> None:
+    stamp = now()
+    result = conn.execute(
+        update(queue_entries)
+        .where(
+            queue_entries.c.id == entry.id,
+            queue_entries.c.status == MessageStatus.QUEUED.value,
+        )
+        .values(
+            status=status.value,
+            attempts=queue_entries.c.attempts + 1,
+            response=response,
+            error=error,
+            updated_at=stamp,
+        )
+    )
+    if result.rowcount != 1:
+        raise IllegalTransition(f"queue entry {entry.id} is no longer QUEUED")
+    _refresh_message_status(conn, entry.message_id, stamp)
+
+
+def _refresh_message_status(conn: Connection, message_id: int, stamp: datetime) -> None:
+    """A message is QUEUED while any copy is; then ERROR if any copy failed, else SENT."""
+    counts = dict(
+        conn.execute(
+            select(queue_entries.c.status, func.count())
+            .where(queue_entries.c.message_id == message_id)
+            .group_by(queue_entries.c.status)
+        ).all()
+    )
+    if counts.get(MessageStatus.QUEUED.value):
+        return
+    status = MessageStatus.ERROR if counts.get(MessageStatus.ERROR.value) else MessageStatus.SENT
+    conn.execute(
+        update(messages)
+        .where(messages.c.id == message_id)
+        .values(status=status.value, updated_at=stamp)
+    )
+
+
+def get_message(engine: Engine, message_id: int) -> dict[str, Any] | None:
+    """One stored message with its content at each stage, as a plain dict."""
+    with engine.connect() as conn:
+        row = conn.execute(select(messages).where(messages.c.id == message_id)).mappings().first()
+        return dict(row) if row is not None else None

@@ -1,0 +1,84 @@
+"""Tables of the message store: messages, destination queues, duplicate keys."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from engine.store.schema import metadata
+
+__all__ = ["messages", "queue_entries", "duplicate_keys"]
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("channel", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("origin", String(200), nullable=False),
+    Column("message_type", String(32)),
+    Column("sender", String(200)),
+    Column("control_id", String(200)),
+    Column("patient_id", String(64)),
+    Column("accession", String(64)),
+    # Content at each stage: what came in, what the transform made, what we answered.
+    Column("raw", Text, nullable=False),
+    Column("transformed", Text),
+    Column("response", Text),
+    Column("error", Text),
+    Index("ix_messages_channel_id", "channel", "id"),
+    Index("ix_messages_status", "status"),
+    Index("ix_messages_received_at", "received_at"),
+    Index("ix_messages_patient_id", "patient_id"),
+    Index("ix_messages_accession", "accession"),
+)
+
+queue_entries = Table(
+    "queue_entries",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("message_id", Id, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("destination", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("order_key", String(200)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("response", Text),
+    Column("error", Text),
+    Index("ix_queue_pending", "channel", "destination", "status", "id"),
+    Index("ix_queue_message", "message_id"),
+)
+
+# A resent message (same channel, sender, MSH-10 and content) is answered with
+# the first answer and not applied again. The content hash matters: some EHRs
+# reuse control IDs after a restart, and a new order must never be dropped.
+duplicate_keys = Table(
+    "duplicate_keys",
+    metadata,
+    Column("channel", String(64), nullable=False),
+    Column("sender", String(200), nullable=False),
+    Column("control_id", String(200), nullable=False),
+    Column("content_hash", String(64), nullable=False),
+    Column("message_id", Id, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("channel", "sender", "control_id", "content_hash", name="uq_duplicate_key"),
+)
