@@ -1,0 +1,36 @@
+# Quick start: `make run` starts the hub; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck check bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/meridian serve --channels channels --data var
+
+check: $(STAMP)
+	$(BIN)/meridian check --channels channels
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy engine connectors admin bench
+
+test: $(STAMP) lint typecheck
+	$(BIN)/meridian check --channels channels
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/mllp.py
+	$(BIN)/python bench/mwl.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,111 @@
+"""Run a real ``meridian serve`` process for end-to-end tests, on free ports."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until something accepts connections on ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"hub exited early with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port}")
+
+
+@dataclass
+class HubProcess:
+    """A running hub and where to reach it."""
+
+    proc: subprocess.Popen[bytes]
+    mllp_port: int
+    dicom_port: int
+    data_dir: Path
+    log_path: Path
+
+    @property
+    def db_path(self) -> Path:
+        """The hub's SQLite file."""
+        return self.data_dir / "meridian.db"
+
+    def log(self) -> str:
+        """Everything the hub wrote to stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM the hub and wait for it; returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+def prepare_channels(target: Path, mllp_port: int) -> Path:
+    """Copy the shipped channels into ``target`` with the MLLP port changed."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in (REPO / "channels").glob("*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        if data.get("source", {}).get("type") == "mllp":
+            data["source"]["port"] = mllp_port
+            data["source"]["host"] = "127.0.0.1"
+        (target / path.name).write_text(yaml.safe_dump(data, sort_keys=False))
+    return target
+
+
+def start_hub(workdir: Path) -> HubProcess:
+    """Start ``meridian serve`` with the shipped channels and templates on free ports."""
+    mllp_port, dicom_port = free_port(), free_port()
+    channels = prepare_channels(workdir / "channels", mllp_port)
+    data_dir = workdir / "var"
+    log_path = workdir / "hub.log"
+    meridian = shutil.which("meridian", path=str(Path(sys.executable).parent)) or "meridian"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                meridian, "serve",
+                "--channels", str(channels),
+                "--transforms", str(REPO / "transforms"),
+                "--data", str(data_dir),
+                "--dicom-port", str(dicom_port),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    hub = HubProcess(proc, mllp_port, dicom_port, data_dir, log_path)
+    try:
+        wait_for_port(mllp_port, proc=proc)
+        wait_for_port(dicom_port, proc=proc)
+    except Exception:
+        hub.stop()
+        raise RuntimeError(f"hub did not start:\n{hub.log()}") from None
+    return hub
