@@ -126,9 +126,12 @@ def _server_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
         context.load_cert_chain(tls.certfile, tls.keyfile)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"MLLP TLS certificate or key cannot be loaded: {exc}") from exc
-    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
-    if tls.cafile and not tls.require_client_cert:
-        context.verify_mode = ssl.CERT_OPTIONAL
+    if tls.require_client_cert:
+        context.verify_mode = ssl.CERT_REQUIRED
+    elif tls.cafile:
+        context.verify_mode = ssl.CERT_OPTIONAL  # verify a certificate when one is offered
+    else:
+        context.verify_mode = ssl.CERT_NONE
     return context
 
 

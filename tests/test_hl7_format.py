@@ -57,6 +57,11 @@ def test_decode_uses_the_charset_msh18_declares(charset: str, codec: str, name: 
     assert parse(text).header.charset == charset
 
 
+def test_iso_2022_code_extension_in_a_msh18_repetition() -> None:
+    raw = _message("~ISO IR87").format(name="山田").encode("iso2022_jp")
+    assert "|山田^ANNA" in decode(raw)
+
+
 def test_empty_msh18_uses_the_default_charset() -> None:
     raw = _message().format(name="MÜLLER").encode("latin-1")
     assert "MÜLLER" in decode(raw, default_charset="8859/1")

@@ -7,6 +7,7 @@ is ASCII in every charset HL7 allows over MLLP, so its fields can be split as by
 from __future__ import annotations
 
 import codecs
+import re
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,8 @@ _ISO2022_EXTENSIONS = frozenset({"ISO IR87", "ISO IR159"})
 _ISO2022_CODEC = "iso2022_jp_2"
 
 _UTF8_BOM = codecs.BOM_UTF8
+_SEGMENT_END = re.compile(rb"[\r\n]")
+_LEADING_WHITESPACE = (b" ", b"\t", b"\r", b"\n")
 _MSH18_INDEX = 17  # fields[0] is "MSH", fields[1] is MSH-2, so MSH-n is fields[n - 1]
 
 
@@ -79,11 +82,13 @@ def _codec_for_msh18(value: str, repetition_sep: str, default_charset: str) -> s
 
 def _msh_fields(body: bytes) -> list[bytes] | None:
     """The fields of the MSH segment as raw bytes, or None when there is no MSH."""
-    start = len(body) - len(body.lstrip())
+    start = 0
+    while body[start : start + 1] in _LEADING_WHITESPACE:
+        start += 1
     if body[start : start + 3] != b"MSH" or len(body) < start + 4:
         return None
-    ends = [pos for pos in (body.find(b"\r", start), body.find(b"\n", start)) if pos != -1]
-    msh = body[start : min(ends)] if ends else body[start:]
+    segment_end = _SEGMENT_END.search(body, start)  # stops at MSH's end: no full scan
+    msh = body[start : segment_end.start() if segment_end else len(body)]
     return [b"MSH", *msh[4:].split(msh[3:4])]
 
 
