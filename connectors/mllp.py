@@ -214,7 +214,8 @@ class MLLPSource:
             tls=writer.get_extra_info("ssl_object") is not None,
         )
         if self._stopping or len(self._connections) >= self.config.max_connections:
-            logger.warning("MLLP connection from %s refused: limit reached", origin.peer)
+            why = "stopping" if self._stopping else f"{self.config.max_connections} connections"
+            logger.warning("MLLP connection from %s refused: %s", origin.peer, why)
             await _close(writer)
             return
         conn = _Connection(
