@@ -14,6 +14,8 @@ from pynetdicom.dsutils import decode, encode
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
+from connectors.base import TransactionalDestination
+from connectors.worklist import WorklistDestination, WorklistDestinationConfig
 from engine.errors import ParseError, PermanentError, TransformError
 from engine.worklist import WorklistStore, worklist_items
 from engine.worklist_item import WorklistItem
@@ -426,3 +428,27 @@ def test_get_and_list_items_return_plain_dicts(populated: WorklistStore) -> None
     listed = populated.list_items(limit=2, offset=1)
     assert [r["item_key"] for r in listed] == ["o2", "o3"]
     assert all(isinstance(r, dict) for r in listed)
+
+
+# -- the worklist destination -------------------------------------------------
+
+
+def test_destination_applies_one_item_per_payload(store: WorklistStore, engine: Engine) -> None:
+    destination = WorklistDestination(WorklistDestinationConfig(type="worklist"), store)
+    assert isinstance(destination, TransactionalDestination)
+    with engine.begin() as conn:
+        delivery = destination.apply(
+            conn, order("o1", PatientID="P1", step=CT_STEP).model_dump_json()
+        )
+    assert delivery.response == "created"
+    assert ids(store, query(PatientID="P1")) == ["P1"]
+
+
+def test_destination_refuses_a_bad_payload_without_quoting_it(
+    store: WorklistStore, engine: Engine
+) -> None:
+    destination = WorklistDestination(WorklistDestinationConfig(type="worklist"), store)
+    payload = '{"action": "explode", "key": "o1", "attributes": {"PatientName": "Secret^Name"}}'
+    with engine.begin() as conn, pytest.raises(TransformError, match="action") as raised:
+        destination.apply(conn, payload)
+    assert "Secret" not in str(raised.value)
