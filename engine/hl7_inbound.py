@@ -23,6 +23,7 @@ from engine.formats.hl7 import (
     decode,
     encode,
     parse,
+    parse_header,
 )
 
 __all__ = ["InboundHL7", "read_hl7", "best_effort_header", "reply_for", "content_hash", "Outcome"]
@@ -56,11 +57,12 @@ def read_hl7(raw: bytes, default_charset: str) -> InboundHL7:
 
 def best_effort_header(raw: bytes) -> HL7Header | None:
     """The MSH of a message that failed to decode or parse, if it can be read at all."""
+    # MSH is ASCII in every charset we accept, so Latin-1 reads it even when the
+    # rest of the message does not decode.
+    msh = raw.split(b"\r", 1)[0].split(b"\n", 1)[0].decode("latin-1")
     try:
-        text = raw.decode("latin-1")
-        msh_end = min((i for i in (text.find("\r"), text.find("\n")) if i >= 0), default=len(text))
-        return parse(text[:msh_end]).header
-    except (MessageError, ValueError):
+        return parse_header(msh)
+    except MessageError:
         return None
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from connectors.base import Source
 from connectors.dicom_mwl import MWLServer
+from connectors.mllp import MLLPSource
 from engine import registry
 from engine.config import Channel, HubSettings
 from engine.pipeline import ChannelRuntime
@@ -80,7 +81,10 @@ class Hub:
         source: Source = registry.factory("source", channel.file.source["type"])(
             channel.source, services
         )
-        await source.start(runtime.handle)
+        if isinstance(source, MLLPSource):
+            await source.start(runtime.handle, on_oversize=runtime.handle_oversize)
+        else:
+            await source.start(runtime.handle)
         self.sources[channel.name] = source
         self.runtimes[channel.name] = runtime
         log.info("channel %s deployed", channel.name)

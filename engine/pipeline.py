@@ -99,7 +99,7 @@ class ChannelRuntime:
         try:
             inbound = read_hl7(raw, charset)
         except MessageError as exc:
-            return self._store_unreadable(raw, origin, exc)
+            return self._store_unreadable(raw, origin, exc.reason, "100")
         record = InboundRecord(
             channel=self.name,
             origin=origin.peer,
@@ -170,16 +170,28 @@ class ChannelRuntime:
                     items.append(QueueItem(step.name, payload))
         return items
 
-    def _store_unreadable(self, raw: bytes, origin: Origin, exc: MessageError) -> bytes | None:
+    async def handle_oversize(self, head: bytes, origin: Origin, size: int) -> bytes | None:
+        """A message over the source's size limit: store its head as ERROR and answer AR."""
+        limit = getattr(self.channel.source, "max_message_bytes", None)
+        reason = f"message of {size} bytes exceeds the limit of {limit} bytes"
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, self._store_unreadable, head, origin, reason, "104"
+        )
+
+    def _store_unreadable(
+        self, raw: bytes, origin: Origin, reason: str, error_code: str
+    ) -> bytes | None:
+        """Store what could not be read as ERROR and answer AR with the reason."""
         header = best_effort_header(raw)
         charset = self._inbound.default_charset
-        ack_text, ack_bytes = reply_for(header, "rejected", exc.reason, charset, error_code="100")
+        ack_text, ack_bytes = reply_for(header, "rejected", reason, charset, error_code=error_code)
         record = InboundRecord(
             channel=self.name,
             origin=origin.peer,
             raw=raw.decode("utf-8", errors="replace"),
             status=check_transition(MessageStatus.RECEIVED, MessageStatus.ERROR),
-            error=exc.reason,
+            error=reason,
             response=ack_text,
             message_type=header.message_type if header else None,
             sender=header.sender if header else None,
