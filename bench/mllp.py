@@ -55,8 +55,12 @@ class Run:
 def build_messages(count: int, tag: str) -> list[bytes]:
     """Unique orders, so duplicate control never short-cuts the hub's work."""
     return [
-        orm(placer=f"{tag}{i}", accession=f"{tag}A{i}", patient_id=f"{tag}P{i % 500}",
-            mcid=f"{tag}M{i}").encode()
+        orm(
+            placer=f"{tag}{i}",
+            accession=f"{tag}A{i}",
+            patient_id=f"{tag}P{i % 500}",
+            mcid=f"{tag}M{i}",
+        ).encode()
         for i in range(count)
     ]
 
@@ -89,9 +93,7 @@ async def load(server: str, port: int, messages: list[bytes], connections: int) 
 def measure(server: str, port: int, count: int, tag: str) -> list[Run]:
     """Warm up, then measure 1 and 8 connections."""
     asyncio.run(load(server, port, build_messages(200, f"W{tag}"), 4))
-    return [
-        asyncio.run(load(server, port, build_messages(count, f"{tag}{n}"), n)) for n in (1, 8)
-    ]
+    return [asyncio.run(load(server, port, build_messages(count, f"{tag}{n}"), n)) for n in (1, 8)]
 
 
 def main() -> None:
@@ -101,7 +103,9 @@ def main() -> None:
     args = parser.parse_args()
 
     port = free_port()
-    baseline = subprocess.Popen([sys.executable, str(REPO / "bench/baseline_mllp_server.py"), str(port)])
+    baseline = subprocess.Popen(
+        [sys.executable, str(REPO / "bench/baseline_mllp_server.py"), str(port)]
+    )
     try:
         wait_for_port(port)
         base_runs = measure("bare python-hl7", port, args.messages, "B")
@@ -121,8 +125,10 @@ def main() -> None:
     for base, ours in zip(base_runs, hub_runs, strict=True):
         for run in (base, ours):
             ratio = run.rate / base.rate
-            print(f"{run.server:<18}{run.connections:>6}{run.rate:>10.0f}"
-                  f"{run.percentile(0.5):>9.2f}{run.percentile(0.99):>9.2f}{ratio:>8.2f}")
+            print(
+                f"{run.server:<18}{run.connections:>6}{run.rate:>10.0f}"
+                f"{run.percentile(0.5):>9.2f}{run.percentile(0.99):>9.2f}{ratio:>8.2f}"
+            )
     print(f"mean ACK latency hub (8 conns): {statistics.mean(hub_runs[1].latencies) * 1000:.2f} ms")
 
 

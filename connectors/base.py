@@ -15,11 +15,11 @@ from typing import Protocol, runtime_checkable
 from sqlalchemy import Connection
 
 __all__ = [
-    "Origin",
-    "InboundHandler",
-    "Source",
     "Delivery",
     "Destination",
+    "InboundHandler",
+    "Origin",
+    "Source",
     "TransactionalDestination",
 ]
 

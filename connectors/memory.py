@@ -15,12 +15,12 @@ from connectors.base import Delivery, InboundHandler, Origin
 from engine.errors import PermanentError, RecoverableError
 
 __all__ = [
-    "MemorySourceConfig",
-    "MemorySource",
-    "MemoryDestinationConfig",
-    "MemoryDestination",
-    "MEMORY_SOURCES",
     "MEMORY_DESTINATIONS",
+    "MEMORY_SOURCES",
+    "MemoryDestination",
+    "MemoryDestinationConfig",
+    "MemorySource",
+    "MemorySourceConfig",
 ]
 
 

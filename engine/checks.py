@@ -23,7 +23,9 @@ def check_all(settings: HubSettings) -> list[str]:
             problems.append(str(exc))
             continue
         if channel.name in names:
-            problems.append(f"{path}: name: channel '{channel.name}' is also in {names[channel.name]}")
+            problems.append(
+                f"{path}: name: channel '{channel.name}' is also in {names[channel.name]}"
+            )
         names[channel.name] = str(path)
     return problems
 

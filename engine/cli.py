@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.config import HubSettings
+from engine.config import Channel, HubSettings
 from engine.errors import ConfigError, EngineError
 
 __all__ = ["main"]
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meridian", description="Meridian imaging interface hub")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the hub in the foreground")
@@ -105,10 +107,10 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run_until_signalled(settings: HubSettings, channels: list[object]) -> None:
+async def _run_until_signalled(settings: HubSettings, channels: list[Channel]) -> None:
     from engine.hub import Hub
 
-    hub = Hub(settings, channels)  # type: ignore[arg-type]
+    hub = Hub(settings, channels)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

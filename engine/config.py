@@ -17,14 +17,14 @@ from connectors.dicom_mwl import DicomListenerConfig
 from engine.transform import TransformConfig
 
 __all__ = [
-    "RetryPolicy",
-    "FilterRule",
-    "InboundConfig",
-    "DestinationFile",
-    "ChannelFile",
     "Channel",
     "ChannelDestination",
+    "ChannelFile",
+    "DestinationFile",
+    "FilterRule",
     "HubSettings",
+    "InboundConfig",
+    "RetryPolicy",
 ]
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -64,7 +64,8 @@ class InboundConfig(_Strict):
         default=None, description="e.g. ['ORM^O01', 'OMI^O23']; others get AR. None accepts all."
     )
     duplicate_control: bool = Field(
-        default=True, description="a resent message (same sender, MSH-10, content) is ACKed again, not applied twice"
+        default=True,
+        description="a resent message (same sender, MSH-10, content) is ACKed, not applied again",
     )
 
 

@@ -8,20 +8,20 @@ Every exception the engine or a connector raises on purpose derives from
 from __future__ import annotations
 
 __all__ = [
-    "EngineError",
-    "ConfigError",
     "ChannelFileError",
+    "ConfigError",
     "ConnectorError",
-    "RecoverableError",
-    "PermanentError",
-    "MessageError",
     "DecodeError",
-    "ParseError",
-    "RejectedError",
+    "EngineError",
     "FilterError",
-    "TransformError",
     "IllegalTransition",
+    "MessageError",
+    "ParseError",
+    "PermanentError",
+    "RecoverableError",
+    "RejectedError",
     "StoreError",
+    "TransformError",
 ]
 
 
@@ -85,7 +85,7 @@ class TransformError(EngineError):
     """A transform failed: template error, or its output did not validate."""
 
 
-class IllegalTransition(EngineError):
+class IllegalTransition(EngineError):  # noqa: N818 - the agreed name
     """A message was moved between two states the state machine does not connect."""
 
 

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from connectors.worklist import WorklistDestination, WorklistDestinationConfig
     from engine.services import Services
 
-__all__ = ["mllp_source", "memory_source", "worklist_destination", "memory_destination"]
+__all__ = ["memory_destination", "memory_source", "mllp_source", "worklist_destination"]
 
 
 def mllp_source(config: MLLPSourceConfig, services: Services) -> MLLPSource:

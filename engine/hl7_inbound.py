@@ -26,7 +26,7 @@ from engine.formats.hl7 import (
     parse_header,
 )
 
-__all__ = ["InboundHL7", "read_hl7", "best_effort_header", "reply_for", "content_hash", "Outcome"]
+__all__ = ["InboundHL7", "Outcome", "best_effort_header", "content_hash", "read_hl7", "reply_for"]
 
 Outcome = Literal["accepted", "error", "rejected"]
 

@@ -49,7 +49,9 @@ class Hub:
         self._committer = GroupCommitter(self._engine)
         self._committer.start()
         worklist = WorklistStore(self._engine)
-        templates = TemplateEnvironment(settings.resolved_transforms_dir(), uid_root=settings.uid_root)
+        templates = TemplateEnvironment(
+            settings.resolved_transforms_dir(), uid_root=settings.uid_root
+        )
         self.services = Services(settings, self._engine, self._committer, worklist, templates)
         self._pool = ThreadPoolExecutor(settings.pipeline_threads, thread_name_prefix="pipeline")
         for channel in self.channels:
@@ -58,7 +60,9 @@ class Hub:
         await asyncio.to_thread(self.mwl.start)
         log.info(
             "hub started: %d channel(s), DICOM AE %s on port %d, store %s",
-            len(self.channels), settings.dicom.ae_title, self.mwl.bound_port,
+            len(self.channels),
+            settings.dicom.ae_title,
+            self.mwl.bound_port,
             self._engine.dialect.name,
         )
 
@@ -71,10 +75,10 @@ class Hub:
             worker = DestinationWorker(
                 channel.name,
                 destination.spec.name,
-                make(destination.connector, services),
-                destination.spec.retry,
-                services.engine,
-                services.committer,
+                connector=make(destination.connector, services),
+                retry=destination.spec.retry,
+                engine=services.engine,
+                committer=services.committer,
             )
             worker.start()
             runtime.workers.append(worker)

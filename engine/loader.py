@@ -13,7 +13,7 @@ from engine.config import Channel, ChannelDestination, ChannelFile, DestinationF
 from engine.errors import ChannelFileError, ConfigError
 from engine.yaml_lines import LocatedYAML, load_located
 
-__all__ = ["load_channel", "load_channels", "channel_files"]
+__all__ = ["channel_files", "load_channel", "load_channels"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -35,7 +35,10 @@ def load_channels(directory: Path) -> list[Channel]:
         channel = load_channel(path)
         if channel.name in seen:
             raise ChannelFileError(
-                str(path), 1, "name", f"channel '{channel.name}' is also defined in {seen[channel.name]}"
+                str(path),
+                1,
+                "name",
+                f"channel '{channel.name}' is also defined in {seen[channel.name]}",
             )
         seen[channel.name] = path
         channels.append(channel)
@@ -110,7 +113,10 @@ def _check_unique_destinations(
         if destination.spec.name in names:
             field = ("destinations", index, "name")
             raise ChannelFileError(
-                str(path), located.line_of(field), _dotted(field), "destination names must be unique"
+                str(path),
+                located.line_of(field),
+                _dotted(field),
+                "destination names must be unique",
             )
         names.add(destination.spec.name)
 

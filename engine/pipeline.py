@@ -67,9 +67,7 @@ class ChannelRuntime:
             if channel.file.transform is not None
             else None
         )
-        self._steps = [
-            self._destination_step(d) for d in channel.destinations if d.spec.enabled
-        ]
+        self._steps = [self._destination_step(d) for d in channel.destinations if d.spec.enabled]
         self.workers: list[DestinationWorker] = []
 
     @property
@@ -210,7 +208,9 @@ class ChannelRuntime:
             log.error("%s: could not store a message: %s", self.name, exc)
             header = inbound.header if inbound else None
             _, nak = reply_for(
-                header, "error", "message store unavailable; resend later",
+                header,
+                "error",
+                "message store unavailable; resend later",
                 self._inbound.default_charset,
             )
             return nak

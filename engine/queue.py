@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import Connection, Engine
@@ -53,6 +54,7 @@ class DestinationWorker:
         self,
         channel: str,
         destination: str,
+        *,
         connector: Destination | TransactionalDestination,
         retry: RetryPolicy,
         engine: Engine,
@@ -72,7 +74,9 @@ class DestinationWorker:
     def start(self) -> None:
         """Start delivering (call from the event loop)."""
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self._run(), name=f"queue:{self.channel}/{self.destination}")
+        self._task = asyncio.create_task(
+            self._run(), name=f"queue:{self.channel}/{self.destination}"
+        )
 
     def notify(self) -> None:
         """New entries were committed: wake the worker (safe from any thread)."""
@@ -92,7 +96,9 @@ class DestinationWorker:
             try:
                 await self._drain_once()
             except StoreError as exc:
-                log.error("%s/%s: store unavailable (%s); retrying", self.channel, self.destination, exc)
+                log.error(
+                    "%s/%s: store unavailable (%s); retrying", self.channel, self.destination, exc
+                )
                 await self._sleep(IDLE_POLL_SECONDS)
             except Exception:
                 log.exception("%s/%s: unexpected worker error", self.channel, self.destination)
@@ -157,7 +163,12 @@ class DestinationWorker:
         delay = backoff_delay(self._retry, attempts)
         log.warning(
             "%s/%s: entry %d attempt %d failed (%s); next try in %.1fs",
-            self.channel, self.destination, entry.id, attempts, exc, delay,
+            self.channel,
+            self.destination,
+            entry.id,
+            attempts,
+            exc,
+            delay,
         )
         next_at = now() + timedelta(seconds=delay)
         await self._committer.run_async(lambda conn: mark_retry(conn, entry, next_at, str(exc)))
@@ -178,7 +189,9 @@ def _due(entries: list[QueueEntry]) -> list[QueueEntry]:
     return due
 
 
-def _apply_op(connector: TransactionalDestination, entry: QueueEntry) -> object:
+def _apply_op(
+    connector: TransactionalDestination, entry: QueueEntry
+) -> Callable[[Connection], None]:
     def op(conn: Connection) -> None:
         delivery = connector.apply(conn, entry.payload)
         mark_sent(conn, entry, delivery.response)
@@ -186,7 +199,7 @@ def _apply_op(connector: TransactionalDestination, entry: QueueEntry) -> object:
     return op
 
 
-def _sent_op(entry: QueueEntry, delivery: Delivery) -> object:
+def _sent_op(entry: QueueEntry, delivery: Delivery) -> Callable[[Connection], None]:
     def op(conn: Connection) -> None:
         mark_sent(conn, entry, delivery.response)
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from engine.errors import ConfigError
 
-__all__ = ["ConnectorEntry", "SOURCES", "DESTINATIONS", "lookup", "config_class", "factory"]
+__all__ = ["DESTINATIONS", "SOURCES", "ConnectorEntry", "config_class", "factory", "lookup"]
 
 Role = Literal["source", "destination"]
 

@@ -31,8 +31,11 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
     assert code == 0, f"hub did not stop cleanly ({code}):\n{running.log()}"
 
 
-def eventually(query: Callable[[], list[Dataset]], predicate: Callable[[list[Dataset]], bool],
-               timeout: float = 10.0) -> list[Dataset]:
+def eventually(
+    query: Callable[[], list[Dataset]],
+    predicate: Callable[[list[Dataset]], bool],
+    timeout: float = 10.0,
+) -> list[Dataset]:
     """Poll ``query`` until ``predicate`` holds: delivery to the worklist is asynchronous."""
     deadline = time.monotonic() + timeout
     results = query()
@@ -61,19 +64,36 @@ def sps(item: Dataset) -> Dataset:
 
 def test_new_order_appears_in_worklist_for_findscu(hub: HubProcess, tmp_path: Path) -> None:
     mcid = control_id()
-    ack = send_ok(hub, orm(placer="E2E-NW", accession="ACCNW1", patient_id="PNW1",
-                           name="SMITH^JOHN^A", modality="MR", start="202611241415",
-                           mcid=mcid))
+    ack = send_ok(
+        hub,
+        orm(
+            placer="E2E-NW",
+            accession="ACCNW1",
+            patient_id="PNW1",
+            name="SMITH^JOHN^A",
+            modality="MR",
+            start="202611241415",
+            mcid=mcid,
+        ),
+    )
     assert mllp_client.msa(ack)[2] == mcid, "MSA-2 must echo the order's MSH-10"
     by_accession(hub, "ACCNW1")
-    found = findscu(hub.dicom_port, tmp_path, [
-        "AccessionNumber=ACCNW1", "PatientName", "PatientID", "StudyInstanceUID",
-        "RequestedProcedureID", "ScheduledProcedureStepSequence[0].Modality",
-        "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate",
-        "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime",
-        "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID",
-        "ScheduledProcedureStepSequence[0].ScheduledStationAETitle",
-    ])
+    found = findscu(
+        hub.dicom_port,
+        tmp_path,
+        [
+            "AccessionNumber=ACCNW1",
+            "PatientName",
+            "PatientID",
+            "StudyInstanceUID",
+            "RequestedProcedureID",
+            "ScheduledProcedureStepSequence[0].Modality",
+            "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate",
+            "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime",
+            "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID",
+            "ScheduledProcedureStepSequence[0].ScheduledStationAETitle",
+        ],
+    )
     assert len(found) == 1
     item = found[0]
     assert str(item.PatientName) == "SMITH^JOHN^A"
@@ -88,25 +108,44 @@ def test_new_order_appears_in_worklist_for_findscu(hub: HubProcess, tmp_path: Pa
 
 
 def test_findscu_matches_on_modality_and_date_range(hub: HubProcess, tmp_path: Path) -> None:
-    send_ok(hub, orm(placer="E2E-RNG", accession="ACCRNG", patient_id="PRNG", modality="US",
-                     start="203001150900"))
+    send_ok(
+        hub,
+        orm(
+            placer="E2E-RNG",
+            accession="ACCRNG",
+            patient_id="PRNG",
+            modality="US",
+            start="203001150900",
+        ),
+    )
     by_accession(hub, "ACCRNG")
-    found = findscu(hub.dicom_port, tmp_path, [
-        "PatientID", "AccessionNumber",
-        "ScheduledProcedureStepSequence[0].Modality=US",
-        "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=20300101-20300131",
-    ])
+    found = findscu(
+        hub.dicom_port,
+        tmp_path,
+        [
+            "PatientID",
+            "AccessionNumber",
+            "ScheduledProcedureStepSequence[0].Modality=US",
+            "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate=20300101-20300131",
+        ],
+    )
     assert [d.AccessionNumber for d in found] == ["ACCRNG"]
 
 
 def test_change_order_updates_the_item_in_place(hub: HubProcess) -> None:
     send_ok(hub, orm(placer="E2E-XO", accession="ACCXO", start="202611250800"))
     before = by_accession(hub, "ACCXO")[0]
-    send_ok(hub, orm(control="XO", placer="E2E-XO", accession="ACCXO", start="202611260930",
-                     name="DOE^JANET"))
+    send_ok(
+        hub,
+        orm(
+            control="XO", placer="E2E-XO", accession="ACCXO", start="202611260930", name="DOE^JANET"
+        ),
+    )
     after = eventually(
         lambda: mwl_query(hub.dicom_port, AccessionNumber="ACCXO"),
-        lambda found: len(found) == 1 and sps(found[0]).ScheduledProcedureStepStartDate == "20261126",
+        lambda found: (
+            len(found) == 1 and sps(found[0]).ScheduledProcedureStepStartDate == "20261126"
+        ),
     )
     assert len(after) == 1, "XO must update the item, not add a second one"
     assert str(after[0].PatientName) == "DOE^JANET"
@@ -134,12 +173,19 @@ def test_status_change_updates_the_step_status(hub: HubProcess) -> None:
 
 
 def test_one_message_with_three_orders_makes_three_items(hub: HubProcess) -> None:
-    send_ok(hub, orm(placer="E2E-M1", accession="ACCM1", patient_id="PMULTI", extra_orders=[
-        ("E2E-M2", "ACCM2", "CT", "CTCHEST^CT Chest^LOCAL"),
-        ("E2E-M3", "ACCM3", "MR", "MRKNEE^MR Knee^LOCAL"),
-    ]))
-    found = eventually(lambda: mwl_query(hub.dicom_port, PatientID="PMULTI"),
-                       lambda f: len(f) == 3)
+    send_ok(
+        hub,
+        orm(
+            placer="E2E-M1",
+            accession="ACCM1",
+            patient_id="PMULTI",
+            extra_orders=[
+                ("E2E-M2", "ACCM2", "CT", "CTCHEST^CT Chest^LOCAL"),
+                ("E2E-M3", "ACCM3", "MR", "MRKNEE^MR Knee^LOCAL"),
+            ],
+        ),
+    )
+    found = eventually(lambda: mwl_query(hub.dicom_port, PatientID="PMULTI"), lambda f: len(f) == 3)
     assert sorted(d.AccessionNumber for d in found) == ["ACCM1", "ACCM2", "ACCM3"]
     assert len({d.StudyInstanceUID for d in found}) == 3
 
@@ -152,17 +198,29 @@ def test_non_ascii_names_survive_to_the_modality(
     hub: HubProcess, tmp_path: Path, charset: str, encoding: str, name: str
 ) -> None:
     accession = f"ACCCS{encoding[:3].upper()}"
-    send_ok(hub, orm(placer=f"E2E-{accession}", accession=accession, name=name, charset=charset),
-            encoding)
+    send_ok(
+        hub,
+        orm(placer=f"E2E-{accession}", accession=accession, name=name, charset=charset),
+        encoding,
+    )
     assert str(by_accession(hub, accession)[0].PatientName) == name
-    found = findscu(hub.dicom_port, tmp_path, [f"AccessionNumber={accession}", "PatientName",
-                                               "SpecificCharacterSet"])
+    found = findscu(
+        hub.dicom_port,
+        tmp_path,
+        [f"AccessionNumber={accession}", "PatientName", "SpecificCharacterSet"],
+    )
     assert str(found[0].PatientName) == name
 
 
 def test_escaped_delimiters_are_decoded(hub: HubProcess) -> None:
-    send_ok(hub, orm(placer="E2E-ESC", accession="ACCESC",
-                     procedure="CTABD^CT Abdomen \\T\\ Pelvis\\F\\contrast^LOCAL"))
+    send_ok(
+        hub,
+        orm(
+            placer="E2E-ESC",
+            accession="ACCESC",
+            procedure="CTABD^CT Abdomen \\T\\ Pelvis\\F\\contrast^LOCAL",
+        ),
+    )
     item = by_accession(hub, "ACCESC")[0]
     assert item.RequestedProcedureDescription == "CT Abdomen & Pelvis|contrast"
 
@@ -188,8 +246,13 @@ def test_meridian_send_prints_the_ack(hub: HubProcess, tmp_path: Path) -> None:
     path = tmp_path / "order.hl7"
     path.write_text(orm(placer="E2E-CLI", accession="ACCCLI").replace("\r", "\n"))
     meridian = Path(sys.executable).parent / "meridian"
-    result = subprocess.run([str(meridian), "send", str(path), "--port", str(hub.mllp_port)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(meridian), "send", str(path), "--port", str(hub.mllp_port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert "MSA|AA|" in result.stdout
     assert len(by_accession(hub, "ACCCLI")) == 1
@@ -258,9 +321,12 @@ def test_many_concurrent_connections(hub: HubProcess) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     def one(i: int) -> str:
-        return mllp_client.msa(mllp_client.send(
-            hub.mllp_port, orm(placer=f"E2E-C{i}", accession=f"ACCC{i}", patient_id="PCONC").encode()
-        ))[1]
+        return mllp_client.msa(
+            mllp_client.send(
+                hub.mllp_port,
+                orm(placer=f"E2E-C{i}", accession=f"ACCC{i}", patient_id="PCONC").encode(),
+            )
+        )[1]
 
     with ThreadPoolExecutor(20) as pool:
         codes = list(pool.map(one, range(40)))

@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from engine.errors import StoreError
 from engine.store.schema import metadata
 
-__all__ = ["open_engine", "is_sqlite"]
+__all__ = ["is_sqlite", "open_engine"]
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -22,20 +22,20 @@ def is_sqlite(engine: Engine) -> bool:
 def open_engine(url: str, *, create_schema: bool = True) -> Engine:
     """Create the SQLAlchemy engine for ``url`` and (by default) the tables."""
     # Importing the modules that own tables registers them on the shared metadata.
-    import engine.store.tables  # noqa: F401
+    import engine.store.tables
     import engine.worklist  # noqa: F401
 
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        engine = create_engine(url, **_engine_options(url))
-        if is_sqlite(engine):
-            event.listen(engine, "connect", _sqlite_pragmas)
+        store = create_engine(url, **_engine_options(url))
+        if is_sqlite(store):
+            event.listen(store, "connect", _sqlite_pragmas)
         if create_schema:
-            metadata.create_all(engine)
+            metadata.create_all(store)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot open the message store: {exc.__class__.__name__}: {exc}") from exc
-    return engine
+    return store
 
 
 def _engine_options(url: str) -> dict[str, Any]:

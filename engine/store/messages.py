@@ -19,17 +19,17 @@ from engine.states import MessageStatus
 from engine.store.tables import duplicate_keys, messages, queue_entries
 
 __all__ = [
-    "QueueItem",
     "InboundRecord",
     "InsertResult",
     "QueueEntry",
-    "insert_inbound",
-    "pending_entries",
-    "mark_sent",
-    "mark_retry",
-    "mark_error",
+    "QueueItem",
     "get_message",
+    "insert_inbound",
+    "mark_error",
+    "mark_retry",
+    "mark_sent",
     "now",
+    "pending_entries",
 ]
 
 
@@ -272,7 +272,7 @@ def _move(
 
 def _refresh_message_status(conn: Connection, message_id: int, stamp: datetime) -> None:
     """A message is QUEUED while any copy is; then ERROR if any copy failed, else SENT."""
-    counts = dict(
+    counts: dict[str, int] = dict(
         conn.execute(
             select(queue_entries.c.status, func.count())
             .where(queue_entries.c.message_id == message_id)

@@ -17,7 +17,7 @@ from sqlalchemy import (
 
 from engine.store.schema import metadata
 
-__all__ = ["messages", "queue_entries", "duplicate_keys"]
+__all__ = ["duplicate_keys", "messages", "queue_entries"]
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
 Id = BigInteger().with_variant(Integer(), "sqlite")

@@ -24,7 +24,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Block until something accepts connections on ``port``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -91,11 +93,16 @@ def start_hub(workdir: Path) -> HubProcess:
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [
-                meridian, "serve",
-                "--channels", str(channels),
-                "--transforms", str(REPO / "transforms"),
-                "--data", str(data_dir),
-                "--dicom-port", str(dicom_port),
+                meridian,
+                "serve",
+                "--channels",
+                str(channels),
+                "--transforms",
+                str(REPO / "transforms"),
+                "--data",
+                str(data_dir),
+                "--dicom-port",
+                str(dicom_port),
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,

@@ -11,14 +11,24 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
 
 RETURN_KEYS = [
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
-    "StudyInstanceUID", "RequestedProcedureID", "RequestedProcedureDescription",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyInstanceUID",
+    "RequestedProcedureID",
+    "RequestedProcedureDescription",
     "RequestedProcedurePriority",
 ]
 SPS_KEYS = [
-    "Modality", "ScheduledStationAETitle", "ScheduledProcedureStepStartDate",
-    "ScheduledProcedureStepStartTime", "ScheduledProcedureStepID",
-    "ScheduledProcedureStepDescription", "ScheduledProcedureStepStatus",
+    "Modality",
+    "ScheduledStationAETitle",
+    "ScheduledProcedureStepStartDate",
+    "ScheduledProcedureStepStartTime",
+    "ScheduledProcedureStepID",
+    "ScheduledProcedureStepDescription",
+    "ScheduledProcedureStepStatus",
 ]
 
 
@@ -48,14 +58,16 @@ def mwl_query(port: int, *, calling_aet: str = "MODALITY1", **match: str) -> lis
     return results
 
 
-def findscu(port: int, outdir: Path, keys: list[str], calling_aet: str = "MODALITY1") -> list[Dataset]:
+def findscu(
+    port: int, outdir: Path, keys: list[str], calling_aet: str = "MODALITY1"
+) -> list[Dataset]:
     """Query with dcmtk ``findscu -W`` and read the responses it extracts to files."""
     outdir.mkdir(parents=True, exist_ok=True)
     args = ["findscu", "-W", "-aet", calling_aet, "-aec", "MERIDIAN", "-X", "-od", str(outdir)]
     for key in keys:
         args += ["-k", key]
     completed = subprocess.run(
-        [*args, "127.0.0.1", str(port)], capture_output=True, text=True, timeout=60
+        [*args, "127.0.0.1", str(port)], capture_output=True, text=True, timeout=60, check=False
     )
     assert completed.returncode == 0, completed.stderr
     return [dcmread(path) for path in sorted(outdir.glob("rsp*.dcm"))]

@@ -12,10 +12,30 @@ def control_id() -> str:
     return f"T{next(_counter):06d}"
 
 
-def msh(message_type: str, version: str = "2.5.1", charset: str = "", mcid: str | None = None) -> str:
+def msh(
+    message_type: str, version: str = "2.5.1", charset: str = "", mcid: str | None = None
+) -> str:
     """An MSH segment from sending app RIS at HOSP."""
-    fields = ["MSH", "^~\\&", "RIS", "HOSP", "MERIDIAN", "RAD", "20261123101500", "",
-              message_type, mcid or control_id(), "P", version, "", "", "", "", "", charset]
+    fields = [
+        "MSH",
+        "^~\\&",
+        "RIS",
+        "HOSP",
+        "MERIDIAN",
+        "RAD",
+        "20261123101500",
+        "",
+        message_type,
+        mcid or control_id(),
+        "P",
+        version,
+        "",
+        "",
+        "",
+        "",
+        "",
+        charset,
+    ]
     return "|".join(fields).replace("MSH|^", "MSH|^", 1)
 
 
@@ -35,7 +55,10 @@ def orm(
     extra_orders: list[tuple[str, str, str, str]] | None = None,
     mcid: str | None = None,
 ) -> str:
-    """An ORM^O01 with one ORC/OBR group per order; extra orders are (placer, accession, modality, procedure)."""
+    """An ORM^O01, one ORC/OBR group per order.
+
+    ``extra_orders`` adds groups as (placer, accession, modality, procedure).
+    """
     segments = [
         msh("ORM^O01", version, charset, mcid),
         f"PID|1||{patient_id}^^^HOSP^MR||{name}||19800101|F",
@@ -46,8 +69,19 @@ def orm(
         sps_id = f"SPS{acc}"
         segments += [
             f"ORC|{control}|{plc}|F{plc}||{status}||^^^{start}^^R",
-            _segment("OBR", {1: str(index), 2: plc, 3: f"F{plc}", 4: proc, 18: acc,
-                             19: f"RP{acc}", 20: sps_id, 24: mod}),
+            _segment(
+                "OBR",
+                {
+                    1: str(index),
+                    2: plc,
+                    3: f"F{plc}",
+                    4: proc,
+                    18: acc,
+                    19: f"RP{acc}",
+                    20: sps_id,
+                    24: mod,
+                },
+            ),
         ]
     return "\r".join(segments) + "\r"
 
