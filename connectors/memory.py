@@ -25,19 +25,19 @@ __all__ = [
 
 
 class MemorySourceConfig(BaseModel):
-    """A source fed by test code. ``name`` makes it findable in MEMORY_SOURCES."""
+    """A source fed by test code. ``instance`` makes it findable in MEMORY_SOURCES."""
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["memory"]
-    name: str = Field(min_length=1)
+    instance: str = Field(min_length=1)
 
 
 class MemoryDestinationConfig(BaseModel):
-    """A destination that records payloads. ``name`` makes it findable."""
+    """A destination that records payloads. ``instance`` makes it findable."""
 
     model_config = ConfigDict(extra="forbid")
     type: Literal["memory"]
-    name: str = Field(min_length=1)
+    instance: str = Field(min_length=1)
 
 
 class MemorySource:
@@ -46,7 +46,7 @@ class MemorySource:
     def __init__(self, config: MemorySourceConfig) -> None:
         self.config = config
         self._handler: InboundHandler | None = None
-        MEMORY_SOURCES[config.name] = self
+        MEMORY_SOURCES[config.instance] = self
 
     async def start(self, handler: InboundHandler) -> None:
         """Accept injected messages from now on."""
@@ -60,7 +60,7 @@ class MemorySource:
         """Hand ``raw`` to the engine as if a peer had sent it; returns the reply."""
         if self._handler is None:
             raise RecoverableError("memory source is not started")
-        return await self._handler(raw, Origin("memory", "test", self.config.name))
+        return await self._handler(raw, Origin("memory", "test", self.config.instance))
 
 
 class MemoryDestination:
@@ -72,7 +72,7 @@ class MemoryDestination:
         self.down = False
         self.refuse = False
         self.attempts = 0
-        MEMORY_DESTINATIONS[config.name] = self
+        MEMORY_DESTINATIONS[config.instance] = self
 
     async def send(self, payload: str) -> Delivery:
         """Record ``payload`` unless switched down (RecoverableError) or refusing."""

@@ -333,3 +333,39 @@ def test_many_concurrent_connections(hub: HubProcess) -> None:
     assert codes == ["AA"] * 40
     found = eventually(lambda: mwl_query(hub.dicom_port, PatientID="PCONC"), lambda f: len(f) == 40)
     assert len(found) == 40
+
+
+def test_omi_o23_order_becomes_a_worklist_item(hub: HubProcess) -> None:
+    message = (Path(__file__).parent / "messages" / "omi_o23_v251.hl7").read_bytes()
+    ack = mllp_client.send(hub.mllp_port, message)
+    assert mllp_client.msa(ack)[1] == "AA"
+    # IPC-1 accession, IPC-3 study UID, IPC-5 modality, IPC-9 station AE (see the file).
+    found = by_accession(hub, "ACC3001")
+    assert len(found) == 1
+    assert found[0].StudyInstanceUID == "1.2.826.0.1.3680043.8.498.3001"
+    assert sps(found[0]).Modality == "MR"
+    assert sps(found[0]).ScheduledStationAETitle == "MR_3T"
+    assert found[0].RequestedProcedurePriority == "HIGH"
+
+
+def test_an_aa_means_the_message_is_already_in_the_store(hub: HubProcess) -> None:
+    mcid = control_id()
+    send_ok(hub, orm(placer="E2E-DURABLE", accession="ACCDUR", mcid=mcid))
+    # No waiting: the ACK is only sent after the commit.
+    with sqlite3.connect(hub.db_path) as db:
+        row = db.execute("SELECT status FROM messages WHERE control_id=?", (mcid,)).fetchone()
+    assert row is not None and row[0] in ("QUEUED", "SENT")
+
+
+def test_worklist_and_messages_survive_a_restart(tmp_path: Path) -> None:
+    first = start_hub(tmp_path)
+    try:
+        send_ok(first, orm(placer="E2E-RESTART", accession="ACCRESTART"))
+        assert len(by_accession(first, "ACCRESTART")) == 1
+    finally:
+        assert first.stop() == 0
+    second = start_hub(tmp_path)
+    try:
+        assert len(mwl_query(second.dicom_port, AccessionNumber="ACCRESTART")) == 1
+    finally:
+        assert second.stop() == 0

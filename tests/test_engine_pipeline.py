@@ -1,0 +1,155 @@
+"""The engine with in-memory connectors: queueing, retry, ordering, filters, duplicates.
+
+The in-memory source and destination stand in for network peers here so the
+engine's own rules can be driven precisely (a destination switched down and
+up again); the network connectors have their own tests against real peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from connectors.memory import MEMORY_DESTINATIONS, MEMORY_SOURCES
+from engine.config import HubSettings
+from engine.hub import Hub
+from engine.loader import load_channels
+from tests.support.orders import orm
+
+CHANNEL = """
+name: memory-orders
+inbound:
+  accept_message_types: [ORM^O01]
+source:
+  type: memory
+  instance: {name}
+filters:
+  - name: only new orders or changes
+    when: msg.seg("ORC")["1"] in ("NW", "XO")
+destinations:
+  - name: first
+    type: memory
+    instance: {name}-first
+    retry:
+      initial_backoff_seconds: 0.05
+      max_backoff_seconds: 0.2
+  - name: second
+    type: memory
+    instance: {name}-second
+"""
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(coro_factory: Callable[[Hub], object], tmp_path: Path, name: str) -> None:
+    """Start a hub on ``tmp_path`` with the memory channel, run the test body, stop it."""
+    channels = tmp_path / "channels"
+    channels.mkdir()
+    (channels / "memory.yaml").write_text(CHANNEL.format(name=name))
+    settings = HubSettings.model_validate(
+        {
+            "channels_dir": channels,
+            "transforms_dir": REPO / "transforms",
+            "data_dir": tmp_path / "var",
+            "dicom": {"port": 0},
+        }
+    )
+
+    async def body() -> None:
+        hub = Hub(settings, load_channels(channels))
+        await hub.start()
+        try:
+            await coro_factory(hub)  # type: ignore[misc]
+        finally:
+            await hub.stop()
+
+    asyncio.run(body())
+
+
+async def inject(name: str, message: str) -> str:
+    reply = await MEMORY_SOURCES[name].inject(message.encode())
+    assert reply is not None
+    return reply.decode()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def statuses(tmp_path: Path) -> list[str]:
+    with sqlite3.connect(tmp_path / "var" / "meridian.db") as db:
+        return [row[0] for row in db.execute("SELECT status FROM messages ORDER BY id")]
+
+
+def test_destination_down_then_up_delivers_everything_in_order(tmp_path: Path) -> None:
+    async def body(hub: Hub) -> None:
+        first = MEMORY_DESTINATIONS["down-first"]
+        first.down = True
+        for i in range(5):
+            assert "MSA|AA" in await inject("down", orm(placer=f"D{i}", accession=f"AD{i}"))
+        await until(lambda: first.attempts >= 3)
+        assert first.received == []
+        second = MEMORY_DESTINATIONS["down-second"]
+        assert len(second.received) == 5, "one destination down never blocks another"
+        first.down = False
+        await until(lambda: len(first.received) == 5)
+        placers = [payload.split("ORC|NW|")[1].split("|")[0] for payload in first.received]
+        assert placers == [f"D{i}" for i in range(5)], "delivered in arrival order"
+        await until(lambda: statuses(tmp_path) == ["SENT"] * 5)
+
+    run(body, tmp_path, "down")
+
+
+def test_refused_message_is_marked_error_and_the_queue_moves_on(tmp_path: Path) -> None:
+    async def body(hub: Hub) -> None:
+        first = MEMORY_DESTINATIONS["refuse-first"]
+        first.refuse = True
+        await inject("refuse", orm(placer="R1", accession="AR1"))
+        await until(lambda: statuses(tmp_path) == ["ERROR"])
+        first.refuse = False
+        await inject("refuse", orm(placer="R2", accession="AR2"))
+        await until(lambda: len(first.received) == 1)
+        await until(lambda: statuses(tmp_path) == ["ERROR", "SENT"])
+
+    run(body, tmp_path, "refuse")
+
+
+def test_filtered_message_is_acked_and_not_delivered(tmp_path: Path) -> None:
+    async def body(hub: Hub) -> None:
+        reply = await inject("filter", orm(control="CA", placer="F1", accession="AF1"))
+        assert "MSA|AA" in reply
+        assert statuses(tmp_path) == ["FILTERED"]
+        await asyncio.sleep(0.2)
+        assert MEMORY_DESTINATIONS["filter-first"].received == []
+
+    run(body, tmp_path, "filter")
+
+
+def test_reused_control_id_with_new_content_is_not_a_duplicate(tmp_path: Path) -> None:
+    async def body(hub: Hub) -> None:
+        first = orm(placer="U1", accession="AU1", mcid="SAME")
+        again = orm(placer="U2", accession="AU2", mcid="SAME")
+        await inject("dup", first)
+        await inject("dup", first)
+        await inject("dup", again)
+        await until(lambda: len(MEMORY_DESTINATIONS["dup-first"].received) == 2)
+        assert len(statuses(tmp_path)) == 2, "the exact resend is not stored again"
+
+    run(body, tmp_path, "dup")
+
+
+def test_rejected_type_is_stored_as_error_with_ar(tmp_path: Path) -> None:
+    async def body(hub: Hub) -> None:
+        reply = await inject("rej", orm(placer="X1").replace("ORM^O01", "ORU^R01"))
+        assert "MSA|AR" in reply
+        assert statuses(tmp_path) == ["ERROR"]
+
+    run(body, tmp_path, "rej")
