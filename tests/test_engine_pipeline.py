@@ -8,16 +8,17 @@ up again); the network connectors have their own tests against real peers.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from connectors.memory import MEMORY_DESTINATIONS, MEMORY_SOURCES
 from engine.config import HubSettings
 from engine.hub import Hub
 from engine.loader import load_channels
+from tests.support.databases import store_url
 from tests.support.orders import orm
 
 CHANNEL = """
@@ -45,8 +46,13 @@ destinations:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(coro_factory: Callable[[Hub], object], tmp_path: Path, name: str) -> None:
-    """Start a hub on ``tmp_path`` with the memory channel, run the test body, stop it."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from store_url(request.param, tmp_path)
+
+
+def run(coro_factory: Callable[[Hub], object], tmp_path: Path, name: str, db_url: str) -> None:
+    """Start a hub with the memory channel on the store ``db_url``, run the body, stop it."""
     channels = tmp_path / "channels"
     channels.mkdir()
     (channels / "memory.yaml").write_text(CHANNEL.format(name=name))
@@ -55,6 +61,7 @@ def run(coro_factory: Callable[[Hub], object], tmp_path: Path, name: str) -> Non
             "channels_dir": channels,
             "transforms_dir": REPO / "transforms",
             "data_dir": tmp_path / "var",
+            "db_url": db_url,
             "dicom": {"port": 0},
         }
     )
@@ -84,12 +91,16 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
-def statuses(tmp_path: Path) -> list[str]:
-    with sqlite3.connect(tmp_path / "var" / "meridian.db") as db:
-        return [row[0] for row in db.execute("SELECT status FROM messages ORDER BY id")]
+def statuses(db_url: str) -> list[str]:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return [row[0] for row in conn.execute(text("SELECT status FROM messages ORDER BY id"))]
+    finally:
+        engine.dispose()
 
 
-def test_destination_down_then_up_delivers_everything_in_order(tmp_path: Path) -> None:
+def test_destination_down_then_up_delivers_everything_in_order(tmp_path: Path, db_url: str) -> None:
     async def body(hub: Hub) -> None:
         first = MEMORY_DESTINATIONS["down-first"]
         first.down = True
@@ -103,37 +114,39 @@ def test_destination_down_then_up_delivers_everything_in_order(tmp_path: Path) -
         await until(lambda: len(first.received) == 5)
         placers = [payload.split("ORC|NW|")[1].split("|")[0] for payload in first.received]
         assert placers == [f"D{i}" for i in range(5)], "delivered in arrival order"
-        await until(lambda: statuses(tmp_path) == ["SENT"] * 5)
+        await until(lambda: statuses(db_url) == ["SENT"] * 5)
 
-    run(body, tmp_path, "down")
+    run(body, tmp_path, "down", db_url)
 
 
-def test_refused_message_is_marked_error_and_the_queue_moves_on(tmp_path: Path) -> None:
+def test_refused_message_is_marked_error_and_the_queue_moves_on(
+    tmp_path: Path, db_url: str
+) -> None:
     async def body(hub: Hub) -> None:
         first = MEMORY_DESTINATIONS["refuse-first"]
         first.refuse = True
         await inject("refuse", orm(placer="R1", accession="AR1"))
-        await until(lambda: statuses(tmp_path) == ["ERROR"])
+        await until(lambda: statuses(db_url) == ["ERROR"])
         first.refuse = False
         await inject("refuse", orm(placer="R2", accession="AR2"))
         await until(lambda: len(first.received) == 1)
-        await until(lambda: statuses(tmp_path) == ["ERROR", "SENT"])
+        await until(lambda: statuses(db_url) == ["ERROR", "SENT"])
 
-    run(body, tmp_path, "refuse")
+    run(body, tmp_path, "refuse", db_url)
 
 
-def test_filtered_message_is_acked_and_not_delivered(tmp_path: Path) -> None:
+def test_filtered_message_is_acked_and_not_delivered(tmp_path: Path, db_url: str) -> None:
     async def body(hub: Hub) -> None:
         reply = await inject("filter", orm(control="CA", placer="F1", accession="AF1"))
         assert "MSA|AA" in reply
-        assert statuses(tmp_path) == ["FILTERED"]
+        assert statuses(db_url) == ["FILTERED"]
         await asyncio.sleep(0.2)
         assert MEMORY_DESTINATIONS["filter-first"].received == []
 
-    run(body, tmp_path, "filter")
+    run(body, tmp_path, "filter", db_url)
 
 
-def test_reused_control_id_with_new_content_is_not_a_duplicate(tmp_path: Path) -> None:
+def test_reused_control_id_with_new_content_is_not_a_duplicate(tmp_path: Path, db_url: str) -> None:
     async def body(hub: Hub) -> None:
         first = orm(placer="U1", accession="AU1", mcid="SAME")
         again = orm(placer="U2", accession="AU2", mcid="SAME")
@@ -141,15 +154,15 @@ def test_reused_control_id_with_new_content_is_not_a_duplicate(tmp_path: Path) -
         await inject("dup", first)
         await inject("dup", again)
         await until(lambda: len(MEMORY_DESTINATIONS["dup-first"].received) == 2)
-        assert len(statuses(tmp_path)) == 2, "the exact resend is not stored again"
+        assert len(statuses(db_url)) == 2, "the exact resend is not stored again"
 
-    run(body, tmp_path, "dup")
+    run(body, tmp_path, "dup", db_url)
 
 
-def test_rejected_type_is_stored_as_error_with_ar(tmp_path: Path) -> None:
+def test_rejected_type_is_stored_as_error_with_ar(tmp_path: Path, db_url: str) -> None:
     async def body(hub: Hub) -> None:
         reply = await inject("rej", orm(placer="X1").replace("ORM^O01", "ORU^R01"))
         assert "MSA|AR" in reply
-        assert statuses(tmp_path) == ["ERROR"]
+        assert statuses(db_url) == ["ERROR"]
 
-    run(body, tmp_path, "rej")
+    run(body, tmp_path, "rej", db_url)
