@@ -41,7 +41,7 @@ def test_shipped_channels_load() -> None:
 def test_good_channel_loads_with_connector_configs(tmp_path: Path) -> None:
     channel = load_channel(write(tmp_path, GOOD))
     assert channel.name == "orders"
-    assert getattr(channel.source, "port") == 2575
+    assert channel.source.port == 2575
     assert channel.destinations[0].spec.name == "worklist"
 
 
