@@ -18,7 +18,7 @@ from typing import Any
 
 from pydicom import Dataset
 from pydicom.uid import generate_uid
-from sqlalchemy import Connection, Engine, RowMapping, select, tuple_
+from sqlalchemy import Connection, Engine, RowMapping, bindparam, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.errors import PermanentError, StoreError, TransformError
@@ -38,6 +38,8 @@ from engine.worklist_table import worklist_items
 __all__ = ["WorklistStore", "worklist_items"]
 
 _END_STATUS = {"cancel": "CANCELED", "discontinue": "DISCONTINUED"}
+_INSERT = worklist_items.insert()
+_UPDATE = worklist_items.update().where(worklist_items.c.id == bindparam("row_id"))
 _ORDER = (worklist_items.c.sps_start_date, worklist_items.c.sps_start_time, worklist_items.c.id)
 
 
@@ -94,12 +96,11 @@ class WorklistStore:
             "attributes": dataset.to_json_dict(),
             "updated_at": now,
         }
+        # Parameters rather than .values(): the compiled statements stay cached.
         if row is None:
-            conn.execute(worklist_items.insert().values(item_key=key, created_at=now, **values))
+            conn.execute(_INSERT, {"item_key": key, "created_at": now, **values})
         else:
-            conn.execute(
-                worklist_items.update().where(worklist_items.c.id == row["id"]).values(**values)
-            )
+            conn.execute(_UPDATE, {"row_id": row["id"], **values})
 
     # -- reads --------------------------------------------------------------
 

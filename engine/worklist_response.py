@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from pydicom import DataElement, Dataset, Sequence
+from pydicom.config import IGNORE
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
@@ -42,10 +43,11 @@ def _return_keys(item: Dataset, requested: Dataset) -> Dataset:
             value = _sequence_keys(item.get(elem.tag), elem.value)
             response.add(DataElement(elem.tag, "SQ", value))
         elif elem.tag in item:
+            # Stored values were validated on the way in.
             found = item[elem.tag]
-            response.add(DataElement(found.tag, found.VR, found.value))
+            response.add(DataElement(found.tag, found.VR, found.value, validation_mode=IGNORE))
         else:
-            response.add(DataElement(elem.tag, elem.VR, None))
+            response.add(DataElement(elem.tag, elem.VR, None, validation_mode=IGNORE))
     return response
 
 
