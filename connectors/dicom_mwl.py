@@ -15,6 +15,7 @@ Nothing here logs PHI: only AE titles, peer addresses, counts and statuses.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Protocol
 
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# Seconds pynetdicom's reactor sleeps when idle (its default is 1 ms; see _tune_connection).
+REACTOR_DELAY_SECONDS = 0.0001
 
 # pynetdicom.sop_class builds its names at import time, invisible to mypy.
 VERIFICATION = UID("1.2.840.10008.1.1")
@@ -153,6 +157,7 @@ class DicomListener:
 
     def _handlers(self) -> list[EventHandlerType]:
         handlers: list[EventHandlerType] = [
+            (evt.EVT_CONN_OPEN, _tune_connection),
             (evt.EVT_ACCEPTED, _log_accepted),
             (evt.EVT_REJECTED, _log_rejected),
             (evt.EVT_C_ECHO, _on_echo),
@@ -188,6 +193,20 @@ def _calling_ae(event: Event) -> str:
 def _log_accepted(event: Event) -> None:
     requestor = event.assoc.requestor
     log.info("association accepted: %s from %s", requestor.ae_title, requestor.address)
+
+
+def _tune_connection(event: Event) -> None:
+    """Make a new association answer without artificial delays.
+
+    Each C-FIND response is two small writes (command, then identifier); with
+    Nagle's algorithm the second waits for the peer's delayed ACK (~40 ms).
+    pynetdicom's reactor also sleeps 1 ms whenever its queues are empty, once
+    per response; 0.1 ms keeps idle CPU low while cutting that wait tenfold.
+    """
+    sock = event.assoc.dul.socket
+    if sock is not None and sock.socket is not None:
+        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    event.assoc.dul._run_loop_delay = REACTOR_DELAY_SECONDS
 
 
 def _log_rejected(event: Event) -> None:
