@@ -10,7 +10,7 @@ Destinations that write into the message store itself (the worklist) implement
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import Connection
 
@@ -70,11 +70,15 @@ class Destination(Protocol):
 class TransactionalDestination(Protocol):
     """A destination that applies a payload inside the store's own transaction.
 
-    The queue worker calls :meth:`apply` (in a worker thread) with the connection
-    that also marks the queue entry sent, so the effect happens exactly once
-    even if the process dies at any point.
+    The queue worker first calls :meth:`prepare` in a worker thread (parsing,
+    validation: CPU work kept out of the store's single writer), then
+    :meth:`apply` in the writer's transaction, the one that also marks the
+    queue entry sent, so the effect happens exactly once even if the process
+    dies at any point.
     """
 
-    def apply(self, conn: Connection, payload: str) -> Delivery: ...
+    def prepare(self, payload: str) -> Any: ...
+
+    def apply(self, conn: Connection, prepared: Any) -> Delivery: ...
 
     async def close(self) -> None: ...

@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 
 from connectors.base import Delivery
 from engine.errors import TransformError
-from engine.worklist import WorklistStore
+from engine.worklist import PreparedItem, WorklistStore
 from engine.worklist_item import WorklistItem
 
 __all__ = ["WorklistDestination", "WorklistDestinationConfig"]
@@ -35,16 +35,21 @@ class WorklistDestination:
         self.config = config
         self._store = store
 
-    def apply(self, conn: Connection, payload: str) -> Delivery:
-        """Apply the payload's worklist action inside ``conn``'s transaction.
+    def prepare(self, payload: str) -> PreparedItem:
+        """Parse and validate the payload outside the store's transaction.
 
         Raises :class:`TransformError` when the payload is not a valid
-        WorklistItem or names invalid DICOM attributes, and
-        :class:`~engine.errors.PermanentError` when it cancels or updates the
-        status of an order the worklist does not know.
+        WorklistItem or names invalid DICOM attributes.
         """
-        item = _parse(payload)
-        return Delivery(response=self._store.apply(conn, item))
+        return self._store.prepare(_parse(payload))
+
+    def apply(self, conn: Connection, prepared: PreparedItem) -> Delivery:
+        """Apply a prepared worklist action inside ``conn``'s transaction.
+
+        Raises :class:`~engine.errors.PermanentError` when it cancels or
+        updates the status of an order the worklist does not know.
+        """
+        return Delivery(response=self._store.apply_prepared(conn, prepared))
 
     async def close(self) -> None:
         """Nothing to release: the store belongs to the hub."""

@@ -15,6 +15,7 @@ import logging
 import random
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
@@ -130,10 +131,20 @@ class DestinationWorker:
     async def _apply_batch(
         self, connector: TransactionalDestination, entries: list[QueueEntry]
     ) -> None:
+        prepared = await asyncio.to_thread(_prepare_all, connector, entries)
+        ready: list[tuple[QueueEntry, Any]] = []
+        for entry, outcome in zip(entries, prepared, strict=True):
+            if isinstance(outcome, EngineError):
+                await self._fail(entry, outcome)
+            else:
+                ready.append((entry, outcome))
         # All ops go to the writer together, so they share commits; the writer
         # keeps their order and retries them one by one if any fails.
-        futures = [self._committer.submit(_apply_op(connector, entry)) for entry in entries]
-        for entry, future in zip(entries, futures, strict=True):
+        futures = [
+            (entry, self._committer.submit(_apply_op(connector, entry, item)))
+            for entry, item in ready
+        ]
+        for entry, future in futures:
             try:
                 await asyncio.wrap_future(future)
             except (RecoverableError, StoreError) as exc:
@@ -189,11 +200,22 @@ def _due(entries: list[QueueEntry]) -> list[QueueEntry]:
     return due
 
 
+def _prepare_all(connector: TransactionalDestination, entries: list[QueueEntry]) -> list[Any]:
+    """Each entry's prepared payload, or the EngineError that refused it."""
+    outcomes: list[Any] = []
+    for entry in entries:
+        try:
+            outcomes.append(connector.prepare(entry.payload))
+        except EngineError as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
 def _apply_op(
-    connector: TransactionalDestination, entry: QueueEntry
+    connector: TransactionalDestination, entry: QueueEntry, prepared: Any
 ) -> Callable[[Connection], None]:
     def op(conn: Connection) -> None:
-        delivery = connector.apply(conn, entry.payload)
+        delivery = connector.apply(conn, prepared)
         mark_sent(conn, entry, delivery.response)
 
     return op

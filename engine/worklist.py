@@ -13,6 +13,7 @@ return keys and character sets in :mod:`engine.worklist_response`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,7 +36,15 @@ from engine.worklist_match import where_clauses
 from engine.worklist_response import response_for
 from engine.worklist_table import worklist_items
 
-__all__ = ["WorklistStore", "worklist_items"]
+__all__ = ["PreparedItem", "WorklistStore", "worklist_items"]
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedItem:
+    """A validated worklist item; ``new_row`` is its row if its key turns out to be new."""
+
+    item: WorklistItem
+    new_row: tuple[dict[str, Any], str] | None
 
 _END_STATUS = {"cancel": "CANCELED", "discontinue": "DISCONTINUED"}
 _INSERT = worklist_items.insert()
@@ -67,9 +76,37 @@ class WorklistStore:
         :class:`PermanentError` when cancel/discontinue/status names an
         unknown order.
         """
+        return self.apply_prepared(conn, self.prepare(item))
+
+    def prepare(self, item: WorklistItem) -> PreparedItem:
+        """Validate ``item`` and build what can be built outside the transaction.
+
+        The store has one writer; the CPU work of an order (building and
+        checking its dataset, encoding its row) is done here, in the caller's
+        thread, so the writer's transaction only reads and writes rows. Raises
+        :class:`TransformError` for an invalid item.
+        """
         incoming = dataset_from_attributes(item.attributes)
+        if item.action not in ("create", "update"):
+            return PreparedItem(item, None)
+        dataset, description = _upserted(item, incoming, None)
+        return PreparedItem(item, (_row_values(dataset), description))
+
+    def apply_prepared(self, conn: Connection, prepared: PreparedItem) -> str:
+        """Apply a prepared item inside the caller's transaction (never commits)."""
+        item = prepared.item
         try:
             row = self._current(conn, item.key)
+            if row is None and prepared.new_row is not None:
+                values, description = prepared.new_row
+                now = datetime.now(UTC)
+                conn.execute(
+                    _INSERT, {"item_key": item.key, "created_at": now, "updated_at": now, **values}
+                )
+                return description
+            # An order the worklist already holds: merge into it (rebuilt here,
+            # so nothing built during prepare is shared with the merge).
+            incoming = dataset_from_attributes(item.attributes)
             existing = Dataset.from_json(row["attributes"]) if row is not None else None
             dataset, description = _changed_item(item, incoming, existing)
             self._write(conn, item.key, row, dataset)
@@ -89,13 +126,7 @@ class WorklistStore:
     @staticmethod
     def _write(conn: Connection, key: str, row: RowMapping | None, dataset: Dataset) -> None:
         now = datetime.now(UTC)
-        columns = index_columns(dataset)
-        values: dict[str, Any] = {
-            **columns,
-            "active": columns["status"] not in ENDED_STATUSES,
-            "attributes": dataset.to_json_dict(),
-            "updated_at": now,
-        }
+        values = {**_row_values(dataset), "updated_at": now}
         # Parameters rather than .values(): the compiled statements stay cached.
         if row is None:
             conn.execute(_INSERT, {"item_key": key, "created_at": now, **values})
@@ -170,6 +201,16 @@ class WorklistStore:
                 return [dict(row) for row in conn.execute(query).mappings()]
         except SQLAlchemyError as exc:
             raise StoreError(f"worklist read failed: {type(exc).__name__}") from exc
+
+
+def _row_values(dataset: Dataset) -> dict[str, Any]:
+    """The table columns of an item's dataset (index columns, active flag, JSON)."""
+    columns = index_columns(dataset)
+    return {
+        **columns,
+        "active": columns["status"] not in ENDED_STATUSES,
+        "attributes": dataset.to_json_dict(),
+    }
 
 
 def _changed_item(

@@ -436,10 +436,9 @@ def test_get_and_list_items_return_plain_dicts(populated: WorklistStore) -> None
 def test_destination_applies_one_item_per_payload(store: WorklistStore, engine: Engine) -> None:
     destination = WorklistDestination(WorklistDestinationConfig(type="worklist"), store)
     assert isinstance(destination, TransactionalDestination)
+    prepared = destination.prepare(order("o1", PatientID="P1", step=CT_STEP).model_dump_json())
     with engine.begin() as conn:
-        delivery = destination.apply(
-            conn, order("o1", PatientID="P1", step=CT_STEP).model_dump_json()
-        )
+        delivery = destination.apply(conn, prepared)
     assert delivery.response == "created"
     assert ids(store, query(PatientID="P1")) == ["P1"]
 
@@ -449,6 +448,6 @@ def test_destination_refuses_a_bad_payload_without_quoting_it(
 ) -> None:
     destination = WorklistDestination(WorklistDestinationConfig(type="worklist"), store)
     payload = '{"action": "explode", "key": "o1", "attributes": {"PatientName": "Secret^Name"}}'
-    with engine.begin() as conn, pytest.raises(TransformError, match="action") as raised:
-        destination.apply(conn, payload)
+    with pytest.raises(TransformError, match="action") as raised:
+        destination.prepare(payload)
     assert "Secret" not in str(raised.value)
