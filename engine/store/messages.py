@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, case, insert, select, update
 
 from engine.errors import IllegalTransition
 from engine.states import MessageStatus
@@ -271,21 +271,29 @@ def _move(
 
 
 def _refresh_message_status(conn: Connection, message_id: int, stamp: datetime) -> None:
-    """A message is QUEUED while any copy is; then ERROR if any copy failed, else SENT."""
-    counts: dict[str, int] = dict(
-        conn.execute(
-            select(queue_entries.c.status, func.count())
-            .where(queue_entries.c.message_id == message_id)
-            .group_by(queue_entries.c.status)
-        ).all()
-    )
-    if counts.get(MessageStatus.QUEUED.value):
-        return
-    status = MessageStatus.ERROR if counts.get(MessageStatus.ERROR.value) else MessageStatus.SENT
+    """A message is QUEUED while any copy is; then ERROR if any copy failed, else SENT.
+
+    One statement (this runs once per delivery, inside the single writer).
+    """
+    copies = queue_entries.alias("copies")
+
+    def any_copy(status: MessageStatus) -> Any:
+        return (
+            select(copies.c.id)
+            .where(copies.c.message_id == message_id, copies.c.status == status.value)
+            .exists()
+        )
+
     conn.execute(
         update(messages)
-        .where(messages.c.id == message_id)
-        .values(status=status.value, updated_at=stamp)
+        .where(messages.c.id == message_id, ~any_copy(MessageStatus.QUEUED))
+        .values(
+            status=case(
+                (any_copy(MessageStatus.ERROR), MessageStatus.ERROR.value),
+                else_=MessageStatus.SENT.value,
+            ),
+            updated_at=stamp,
+        )
     )
 
 
