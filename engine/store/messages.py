@@ -225,18 +225,18 @@ def mark_error(conn: Connection, entry: QueueEntry, error: str) -> None:
 
 def mark_retry(conn: Connection, entry: QueueEntry, next_attempt_at: datetime, error: str) -> None:
     """Keep an entry QUEUED with one more attempt counted and its next attempt time."""
+    _update_queued(conn, entry, next_attempt_at=next_attempt_at, error=error, updated_at=now())
+
+
+def _update_queued(conn: Connection, entry: QueueEntry, **values: Any) -> None:
+    """Update an entry that must still be QUEUED (moving it twice raises), counting an attempt."""
     result = conn.execute(
         update(queue_entries)
         .where(
             queue_entries.c.id == entry.id,
             queue_entries.c.status == MessageStatus.QUEUED.value,
         )
-        .values(
-            attempts=queue_entries.c.attempts + 1,
-            next_attempt_at=next_attempt_at,
-            error=error,
-            updated_at=now(),
-        )
+        .values(attempts=queue_entries.c.attempts + 1, **values)
     )
     if result.rowcount != 1:
         raise IllegalTransition(f"queue entry {entry.id} is no longer QUEUED")
@@ -251,22 +251,9 @@ def _move(
     error: str | None,
 ) -> None:
     stamp = now()
-    result = conn.execute(
-        update(queue_entries)
-        .where(
-            queue_entries.c.id == entry.id,
-            queue_entries.c.status == MessageStatus.QUEUED.value,
-        )
-        .values(
-            status=status.value,
-            attempts=queue_entries.c.attempts + 1,
-            response=response,
-            error=error,
-            updated_at=stamp,
-        )
+    _update_queued(
+        conn, entry, status=status.value, response=response, error=error, updated_at=stamp
     )
-    if result.rowcount != 1:
-        raise IllegalTransition(f"queue entry {entry.id} is no longer QUEUED")
     _refresh_message_status(conn, entry.message_id, stamp)
 
 
