@@ -400,6 +400,7 @@ def bench_size(n: int, args: argparse.Namespace, today: date) -> list[str]:
                 theirs = measure(dcmtk_port, queries, persistent, budget=args.dcmtk_budget)
                 _check_same_matches(ours, theirs, n, mode)
                 rows.append(_row(n, mode, ours, theirs))
+                rows.extend(_by_kind(n, mode, ours))
         finally:
             meridian.stop()
             dcmtk.terminate()
@@ -427,6 +428,27 @@ def _row(n: int, mode: str, ours: Run, theirs: Run) -> str:
         f"{_ms(ours.percentile(99))} {len(theirs.latencies):>4} {_ms(theirs.percentile(50))} "
         f"{_ms(theirs.percentile(99))} {ratio:>8.1f}x {matches:>7.1f}"
     )
+
+
+def _query_kind(index: int) -> str:
+    """The kind of query ``index`` of :func:`typical_queries` (same modulo rule)."""
+    kind = index % 20
+    if kind < 14:
+        return "modality/station + today"
+    return "patient ID / accession"
+
+
+def _by_kind(n: int, mode: str, ours: Run) -> list[str]:
+    """Meridian's p50/p99 per kind of query: a list of the day vs one order."""
+    rows = []
+    for kind in ("modality/station + today", "patient ID / accession"):
+        picked = [i for i in range(len(ours.latencies)) if _query_kind(i) == kind]
+        part = Run([ours.latencies[i] for i in picked], [ours.counts[i] for i in picked])
+        rows.append(
+            f"{'':>7} {'':<10} {len(picked):>4} {_ms(part.percentile(50))} "
+            f"{_ms(part.percentile(99))}   <- {kind}, {statistics.mean(part.counts):.1f} matches"
+        )
+    return rows
 
 
 def _header() -> Iterator[str]:
