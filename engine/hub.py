@@ -14,6 +14,7 @@ from connectors.dicom_mwl import MWLServer
 from connectors.mllp import MLLPSource
 from engine import registry
 from engine.config import Channel, HubSettings
+from engine.datatypes import datatype_for
 from engine.pipeline import ChannelRuntime
 from engine.queue import DestinationWorker
 from engine.services import Services
@@ -67,7 +68,7 @@ class Hub:
         )
 
     async def _deploy(self, channel: Channel, services: Services, pool: ThreadPoolExecutor) -> None:
-        runtime = ChannelRuntime(channel, services, pool)
+        runtime = ChannelRuntime(channel, services, pool, datatype_for(channel, services))
         for destination in channel.destinations:
             if not destination.spec.enabled:
                 continue

@@ -4,6 +4,8 @@
 parse, filters, Jinja) runs in the hub's pipeline thread pool, never on the
 event loop; the store write goes through the group committer; the reply is
 returned only after the commit, so an AA always means "durably stored".
+What is specific to a kind of content (HL7 v2, DICOM study batches) lives in
+the channel's data type (:mod:`engine.datatypes`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ from typing import Any
 
 from connectors.base import Origin
 from engine.config import Channel, ChannelDestination, FilterRule
+from engine.datatypes.base import DataType, Outcome, ReadMessage, Reply
 from engine.errors import EngineError, FilterError, MessageError, RejectedError, TransformError
-from engine.hl7_inbound import InboundHL7, best_effort_header, content_hash, read_hl7, reply_for
-from engine.hl7_view import HL7View
 from engine.queue import DestinationWorker
 from engine.services import Services
 from engine.states import MessageStatus, check_transition
@@ -29,6 +30,9 @@ from engine.transform import Transformer
 __all__ = ["ChannelRuntime", "CompiledFilter"]
 
 log = logging.getLogger(__name__)
+
+_Result = tuple[Outcome, str | None, str | None]
+_STORE_DOWN = "message store unavailable; resend later"
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,18 @@ class _DestinationStep:
 class ChannelRuntime:
     """Processes the messages of one channel and owns its destination workers."""
 
-    def __init__(self, channel: Channel, services: Services, pool: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        services: Services,
+        pool: ThreadPoolExecutor,
+        datatype: DataType,
+    ) -> None:
         self.channel = channel
         self._services = services
         self._pool = pool
-        self._inbound = channel.file.inbound
+        self._datatype = datatype
+        self._duplicate_control = channel.file.inbound.duplicate_control
         self._filters = [self._compile(rule) for rule in channel.file.filters]
         self._transformer = (
             Transformer(channel.file.transform, services.templates)
@@ -88,85 +99,7 @@ class ChannelRuntime:
     async def handle(self, raw: bytes, origin: Origin) -> bytes | None:
         """The source's handler: process and store ``raw``, then return the reply."""
         loop = asyncio.get_running_loop()
-        reply = await loop.run_in_executor(self._pool, self.process, raw, origin)
-        return reply
-
-    def process(self, raw: bytes, origin: Origin) -> bytes | None:
-        """Process one message synchronously (in a pipeline thread); returns the reply bytes."""
-        charset = self._inbound.default_charset
-        try:
-            inbound = read_hl7(raw, charset)
-        except MessageError as exc:
-            return self._store_unreadable(raw, origin, exc.reason, "100")
-        record = InboundRecord(
-            channel=self.name,
-            origin=origin.peer,
-            raw=inbound.parsed.text,
-            status=MessageStatus.RECEIVED,
-            message_type=inbound.header.message_type,
-            sender=inbound.header.sender,
-            control_id=inbound.header.control_id,
-            patient_id=inbound.patient_id,
-            accession=inbound.accession,
-            content_hash=content_hash(raw),
-        )
-        outcome, reason, error_code = self._run_steps(inbound, record)
-        ack_text, ack_bytes = reply_for(
-            inbound.header, outcome, reason, charset, error_code=error_code
-        )
-        record.response = ack_text
-        return self._commit(record, ack_bytes, inbound)
-
-    def _run_steps(
-        self, inbound: InboundHL7, record: InboundRecord
-    ) -> tuple[Any, str | None, str | None]:
-        """Accept check, filters, transform, routing. Fills ``record``; returns the outcome."""
-        try:
-            self._check_accepted(inbound)
-            context = {"msg": HL7View(inbound.parsed.message)}
-            if not all(f.passes(context) for f in self._filters):
-                record.status = check_transition(record.status, MessageStatus.FILTERED)
-                return "accepted", None, None
-            payloads = self._transformer.run(context) if self._transformer else [record.raw]
-            record.status = check_transition(record.status, MessageStatus.TRANSFORMED)
-            record.transformed = "\n".join(payloads) if self._transformer else None
-            record.queue = self._route(context, payloads)
-            final = MessageStatus.QUEUED if record.queue else MessageStatus.FILTERED
-            record.status = check_transition(record.status, final)
-            return "accepted", None, None
-        except RejectedError as exc:
-            return self._errored(record, exc, "rejected", "200")
-        except (TransformError, FilterError) as exc:
-            return self._errored(record, exc, "error", "207")
-
-    def _errored(
-        self, record: InboundRecord, exc: EngineError, outcome: str, code: str
-    ) -> tuple[str, str, str]:
-        record.status = check_transition(record.status, MessageStatus.ERROR)
-        record.error = str(exc)
-        record.queue = []
-        return outcome, str(exc), code
-
-    def _check_accepted(self, inbound: InboundHL7) -> None:
-        accepted = self._inbound.accept_message_types
-        if accepted is not None and inbound.header.message_type not in accepted:
-            raise RejectedError(
-                f"message type {inbound.header.message_type or '(empty)'} is not accepted by "
-                f"channel {self.name} (accepts {', '.join(accepted)})"
-            )
-
-    def _route(self, context: dict[str, Any], payloads: list[str]) -> list[QueueItem]:
-        items: list[QueueItem] = []
-        for step in self._steps:
-            if not all(f.passes(context) for f in step.filters):
-                continue
-            for payload in payloads:
-                if step.transformer is not None:
-                    for out in step.transformer.run({**context, "payload": payload}):
-                        items.append(QueueItem(step.name, out))
-                else:
-                    items.append(QueueItem(step.name, payload))
-        return items
+        return await loop.run_in_executor(self._pool, self.process, raw, origin)
 
     async def handle_oversize(self, head: bytes, origin: Origin, size: int) -> bytes | None:
         """A message over the source's size limit: store its head as ERROR and answer AR."""
@@ -177,56 +110,93 @@ class ChannelRuntime:
             self._pool, self._store_unreadable, head, origin, reason, "104"
         )
 
+    def process(self, raw: bytes, origin: Origin) -> bytes | None:
+        """Process one message synchronously (in a pipeline thread); returns the reply bytes."""
+        try:
+            message = self._datatype.read(raw, origin)
+        except MessageError as exc:
+            return self._store_unreadable(raw, origin, exc.reason, "100")
+        outcome, reason, error_code = self._run_steps(message)
+        reply = self._datatype.reply(message, raw, outcome, reason, error_code)
+        message.record.response = reply.text
+        return self._commit(message.record, reply, message)
+
+    def _run_steps(self, message: ReadMessage) -> _Result:
+        """Accept check, filters, transform, routing. Fills the record; returns the outcome."""
+        record = message.record
+        try:
+            self._datatype.check_accepted(message)
+            if not all(f.passes(message.context) for f in self._filters):
+                record.status = check_transition(record.status, MessageStatus.FILTERED)
+                return "accepted", None, None
+            payloads, transformed = self._transform(message)
+            record.status = check_transition(record.status, MessageStatus.TRANSFORMED)
+            record.transformed = transformed
+            record.queue = self._route(message.context, payloads)
+            final = MessageStatus.QUEUED if record.queue else MessageStatus.FILTERED
+            record.status = check_transition(record.status, final)
+            return "accepted", None, None
+        except RejectedError as exc:
+            return self._errored(record, exc, "rejected", "200")
+        except (TransformError, FilterError) as exc:
+            return self._errored(record, exc, "error", "207")
+
+    def _transform(self, message: ReadMessage) -> tuple[list[str], str | None]:
+        """The payloads for the destinations, and the transformed content to store."""
+        builtin = self._datatype.builtin_transform(message)
+        if builtin is not None:
+            return builtin, "\n".join(builtin)
+        if self._transformer is not None:
+            payloads = self._transformer.run(message.context)
+            return payloads, "\n".join(payloads)
+        return [message.payload], None
+
+    @staticmethod
+    def _errored(record: InboundRecord, exc: EngineError, outcome: Outcome, code: str) -> _Result:
+        record.status = check_transition(record.status, MessageStatus.ERROR)
+        record.error = str(exc)
+        record.queue = []
+        return outcome, str(exc), code
+
+    def _route(self, context: dict[str, Any], payloads: list[str]) -> list[QueueItem]:
+        items: list[QueueItem] = []
+        for step in self._steps:
+            if not all(f.passes(context) for f in step.filters):
+                continue
+            for payload in payloads:
+                if step.transformer is not None:
+                    outputs = step.transformer.run({**context, "payload": payload})
+                    items.extend(QueueItem(step.name, out) for out in outputs)
+                else:
+                    items.append(QueueItem(step.name, payload))
+        return items
+
     def _store_unreadable(
         self, raw: bytes, origin: Origin, reason: str, error_code: str
     ) -> bytes | None:
-        """Store what could not be read as ERROR and answer AR with the reason."""
-        header = best_effort_header(raw)
-        charset = self._inbound.default_charset
-        ack_text, ack_bytes = reply_for(header, "rejected", reason, charset, error_code=error_code)
-        record = InboundRecord(
-            channel=self.name,
-            origin=origin.peer,
-            raw=raw.decode("utf-8", errors="replace"),
-            status=check_transition(MessageStatus.RECEIVED, MessageStatus.ERROR),
-            error=reason,
-            response=ack_text,
-            message_type=header.message_type if header else None,
-            sender=header.sender if header else None,
-            control_id=header.control_id if header else None,
-        )
-        return self._commit(record, ack_bytes, None)
+        """Store what could not be read as ERROR and answer with the reason."""
+        record = self._datatype.unreadable(raw, origin)
+        record.status = check_transition(record.status, MessageStatus.ERROR)
+        record.error = reason
+        reply = self._datatype.reply(None, raw, "rejected", reason, error_code)
+        record.response = reply.text
+        return self._commit(record, reply, None)
 
     def _commit(
-        self, record: InboundRecord, ack: bytes | None, inbound: InboundHL7 | None
+        self, record: InboundRecord, reply: Reply, message: ReadMessage | None
     ) -> bytes | None:
         accepted = record.status in (MessageStatus.QUEUED, MessageStatus.FILTERED)
-        dedup = self._inbound.duplicate_control and accepted
+        dedup = self._duplicate_control and accepted
         try:
             result = self._services.committer.run(insert_inbound(record, duplicate_control=dedup))
         except EngineError as exc:
             log.error("%s: could not store a message: %s", self.name, exc)
-            header = inbound.header if inbound else None
-            _, nak = reply_for(
-                header,
-                "error",
-                "message store unavailable; resend later",
-                self._inbound.default_charset,
-            )
-            return nak
+            raw = record.raw.encode("utf-8", errors="replace")
+            return self._datatype.reply(message, raw, "error", _STORE_DOWN, None).data
         if result.duplicate:
             log.info("%s: duplicate of message %d answered again", self.name, result.message_id)
-            return self._replay(result.response, inbound, ack)
+            return self._datatype.replay(result.response, message) or reply.data
         if record.queue:
             for worker in self.workers:
                 worker.notify()
-        return ack
-
-    def _replay(
-        self, stored: str | None, inbound: InboundHL7 | None, fallback: bytes | None
-    ) -> bytes | None:
-        if stored is None or inbound is None:
-            return fallback
-        from engine.formats.hl7 import encode
-
-        return encode(stored, inbound.header, self._inbound.default_charset)
+        return reply.data

@@ -1,0 +1,19 @@
+"""Data types of channels: how a channel reads what its source hands it and what it answers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.config import Channel
+    from engine.datatypes.base import DataType
+    from engine.services import Services
+
+__all__ = ["datatype_for"]
+
+
+def datatype_for(channel: Channel, services: Services) -> DataType:
+    """The data type a channel's ``inbound.data_type`` names."""
+    from engine.datatypes.hl7v2 import HL7v2DataType
+
+    return HL7v2DataType(channel.name, channel.file.inbound)
