@@ -78,6 +78,10 @@ class DestinationFile(_Strict):
     filters: list[FilterRule] = Field(default_factory=list)
     transform: TransformConfig | None = None
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    external: bool = Field(
+        default=False,
+        description="outside the hospital: images are de-identified (PS3.15) before sending",
+    )
 
 
 class ChannelFile(_Strict):

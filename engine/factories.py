@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from connectors.channel import ChannelForward, ChannelForwardConfig
     from connectors.memory import (
         MemoryDestination,
         MemoryDestinationConfig,
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     )
     from connectors.mllp import MLLPSource, MLLPSourceConfig
     from connectors.worklist import WorklistDestination, WorklistDestinationConfig
+    from engine.config import DestinationFile
     from engine.services import Services
 
 __all__ = ["memory_destination", "memory_source", "mllp_source", "worklist_destination"]
@@ -33,7 +35,7 @@ def memory_source(config: MemorySourceConfig, services: Services) -> MemorySourc
 
 
 def worklist_destination(
-    config: WorklistDestinationConfig, services: Services
+    config: WorklistDestinationConfig, services: Services, spec: DestinationFile
 ) -> WorklistDestination:
     """The Modality Worklist, in the hub's own store."""
     from connectors.worklist import WorklistDestination
@@ -41,8 +43,23 @@ def worklist_destination(
     return WorklistDestination(config, services.worklist)
 
 
-def memory_destination(config: MemoryDestinationConfig, services: Services) -> MemoryDestination:
+def memory_destination(
+    config: MemoryDestinationConfig, services: Services, spec: DestinationFile
+) -> MemoryDestination:
     """An in-memory destination for tests."""
     from connectors.memory import MemoryDestination
 
     return MemoryDestination(config)
+
+
+def channel_destination(
+    config: ChannelForwardConfig, services: Services, spec: DestinationFile
+) -> ChannelForward:
+    """Forwarding to another channel of this hub (looked up at send time)."""
+    from connectors.channel import ChannelForward
+
+    def resolve(name: str) -> Any:
+        runtime = services.channels.get(name)
+        return runtime.handle if runtime is not None else None
+
+    return ChannelForward(config, resolve, from_channel=spec.name)

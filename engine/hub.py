@@ -76,7 +76,7 @@ class Hub:
             worker = DestinationWorker(
                 channel.name,
                 destination.spec.name,
-                connector=make(destination.connector, services),
+                connector=make(destination.connector, services, destination.spec),
                 retry=destination.spec.retry,
                 engine=services.engine,
                 committer=services.committer,
@@ -92,6 +92,7 @@ class Hub:
             await source.start(runtime.handle)
         self.sources[channel.name] = source
         self.runtimes[channel.name] = runtime
+        services.channels[channel.name] = runtime
         log.info("channel %s deployed", channel.name)
 
     async def stop(self) -> None:

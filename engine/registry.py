@@ -44,6 +44,9 @@ DESTINATIONS: dict[str, ConnectorEntry] = {
     "memory": ConnectorEntry(
         "connectors.memory:MemoryDestinationConfig", "engine.factories:memory_destination"
     ),
+    "channel": ConnectorEntry(
+        "connectors.channel:ChannelForwardConfig", "engine.factories:channel_destination"
+    ),
 }
 
 
@@ -76,5 +79,9 @@ def config_class(role: Role, type_name: object) -> type[BaseModel]:
 
 
 def factory(role: Role, type_name: str) -> Any:
-    """The factory ``(config, services) -> connector`` of a connector type."""
+    """The factory of a connector type.
+
+    Sources: ``(config, services) -> Source``; destinations:
+    ``(config, services, spec) -> Destination`` (``spec`` = the engine's fields).
+    """
     return _import(lookup(role, type_name).factory)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -23,3 +24,5 @@ class Services:
     committer: GroupCommitter
     worklist: WorklistStore
     templates: TemplateEnvironment
+    #: Deployed channels by name (filled by the hub), for ``type: channel`` forwarding.
+    channels: dict[str, Any] = field(default_factory=dict)

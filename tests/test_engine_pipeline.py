@@ -51,11 +51,22 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield from store_url(request.param, tmp_path)
 
 
-def run(coro_factory: Callable[[Hub], object], tmp_path: Path, name: str, db_url: str) -> None:
-    """Start a hub with the memory channel on the store ``db_url``, run the body, stop it."""
+def run(
+    coro_factory: Callable[[Hub], object],
+    tmp_path: Path,
+    name: str,
+    db_url: str,
+    *,
+    extra_only: bool = False,
+) -> None:
+    """Start a hub with the memory channel on the store ``db_url``, run the body, stop it.
+
+    With ``extra_only`` the test has written its own channel files already.
+    """
     channels = tmp_path / "channels"
-    channels.mkdir()
-    (channels / "memory.yaml").write_text(CHANNEL.format(name=name))
+    if not extra_only:
+        channels.mkdir()
+        (channels / "memory.yaml").write_text(CHANNEL.format(name=name))
     settings = HubSettings.model_validate(
         {
             "channels_dir": channels,
@@ -166,3 +177,37 @@ def test_rejected_type_is_stored_as_error_with_ar(tmp_path: Path, db_url: str) -
         assert statuses(db_url) == ["ERROR"]
 
     run(body, tmp_path, "rej", db_url)
+
+
+FORWARDING = """
+name: front
+source: {{type: memory, instance: {name}-front}}
+destinations:
+  - name: onward
+    type: channel
+    channel: back
+"""
+
+BACK = """
+name: back
+source: {{type: memory, instance: {name}-back}}
+destinations:
+  - name: sink
+    type: memory
+    instance: {name}-sink
+"""
+
+
+def test_channel_destination_forwards_to_another_channel(tmp_path: Path, db_url: str) -> None:
+    (tmp_path / "channels").mkdir()
+    (tmp_path / "channels" / "back.yaml").write_text(BACK.format(name="fwd"))
+    (tmp_path / "channels" / "front.yaml").write_text(FORWARDING.format(name="fwd"))
+
+    async def body(hub: Hub) -> None:
+        reply = await inject("fwd-front", orm(placer="FW1", accession="AFW1"))
+        assert "MSA|AA" in reply
+        sink = MEMORY_DESTINATIONS["fwd-sink"]
+        await until(lambda: len(sink.received) == 1)
+        assert "ORC|NW|FW1|" in sink.received[0]
+
+    run(body, tmp_path, "memory-unused", db_url, extra_only=True)
