@@ -186,6 +186,36 @@ class WorklistStore:
         rows = self._read(query)
         return rows[0] if rows else None
 
+    def find_item(
+        self, *, accession_number: str | None = None, study_instance_uid: str | None = None
+    ) -> Dataset | None:
+        """The item (active or not) whose AccessionNumber and/or StudyInstanceUID match exactly.
+
+        Every criterion given must match; with none, nothing matches. Images
+        may arrive after their order was completed or ended, so ended items
+        count too, but an active item wins, then the most recently updated.
+        Used to link images to their order (tag morphing).
+        """
+        conditions = []
+        if accession_number:
+            conditions.append(worklist_items.c.accession_number == accession_number)
+        if study_instance_uid:
+            conditions.append(worklist_items.c.study_instance_uid == study_instance_uid)
+        if not conditions:
+            return None
+        query = (
+            select(worklist_items.c.attributes)
+            .where(*conditions)
+            .order_by(
+                worklist_items.c.active.desc(),
+                worklist_items.c.updated_at.desc(),
+                worklist_items.c.id.desc(),
+            )
+            .limit(1)
+        )
+        rows = self._read(query)
+        return Dataset.from_json(rows[0]["attributes"]) if rows else None
+
     def list_items(
         self, *, active_only: bool = True, limit: int = 100, offset: int = 0
     ) -> list[dict[str, Any]]:
