@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,10 @@ from connectors.dicom_send import (
     plan_associations,
 )
 from engine.errors import PermanentError, RecoverableError
-from engine.study_batch import InstanceRef, StudyBatch
+from engine.study_batch import InstanceRef
+from tests.support.batches import batch_json, batch_json_unchecked
 from tests.support.dicom_files import (
     CT_IMAGE_STORAGE,
-    StudyFiles,
     compress,
     make_ct_instance,
     write_dataset,
@@ -42,28 +42,6 @@ HAS_NUMPY = importlib.util.find_spec("numpy") is not None
 
 def run(coro: Coroutine[Any, Any, Delivery]) -> Delivery:
     return asyncio.run(asyncio.wait_for(coro, timeout=60))
-
-
-def batch_json(paths: Sequence[Path]) -> str:
-    """A StudyBatch naming ``paths`` (refs read from the files themselves)."""
-    refs = []
-    for path in paths:
-        ds = dcmread(path, stop_before_pixels=True)
-        refs.append(
-            InstanceRef(
-                sop_instance_uid=ds.SOPInstanceUID,
-                sop_class_uid=ds.SOPClassUID,
-                series_instance_uid=ds.SeriesInstanceUID,
-                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
-                path=str(path),
-            )
-        )
-    study = str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
-    batch = StudyBatch(
-        study_instance_uid=study, batch=1, calling_aet="CT1", called_aet="MERIDIAN",
-        instances=refs,
-    )  # fmt: skip
-    return batch.model_dump_json()
 
 
 def destination(
@@ -101,9 +79,12 @@ def ai_node(scp: StoreSCP) -> StoreSCP:
 def ref(sop_class: str, syntax: str) -> InstanceRef:
     uid = generate_uid()
     return InstanceRef(
-        sop_instance_uid=uid, sop_class_uid=sop_class, series_instance_uid=uid,
-        transfer_syntax_uid=syntax, path="/nonexistent",
-    )  # fmt: skip
+        sop_instance_uid=uid,
+        sop_class_uid=sop_class,
+        series_instance_uid=uid,
+        transfer_syntax_uid=syntax,
+        path="/nonexistent",
+    )
 
 
 def test_plan_offers_stored_syntax_then_uncompressed_fallback() -> None:
@@ -188,26 +169,12 @@ def test_missing_file_is_permanent(tmp_path: Path, ai_node: StoreSCP) -> None:
     study = write_study(tmp_path / "study", series=1, per_series=2)
     study.paths[1].unlink()
     with pytest.raises(PermanentError, match=study.sop_uids[1]):
-        run(destination(ai_node.port, ai_node.aet).send(batch_json_from_refs(study)))
-    assert ai_node.received_sop_uids() == {study.sop_uids[0]}
-
-
-def batch_json_from_refs(study: StudyFiles) -> str:
-    """Like batch_json, but for a study whose files may have gone (refs built from memory)."""
-    refs = [
-        InstanceRef(
-            sop_instance_uid=uid,
-            sop_class_uid=CT_IMAGE_STORAGE,
-            series_instance_uid=study.series_uids[0],
-            transfer_syntax_uid="1.2.840.10008.1.2.1",
-            path=str(path),
+        run(
+            destination(ai_node.port, ai_node.aet).send(
+                batch_json_unchecked(study.sop_uids, study.paths)
+            )
         )
-        for uid, path in zip(study.sop_uids, study.paths, strict=True)
-    ]
-    return StudyBatch(
-        study_instance_uid=study.study_uid, batch=1, calling_aet="CT1", called_aet="MERIDIAN",
-        instances=refs,
-    ).model_dump_json()  # fmt: skip
+    assert ai_node.received_sop_uids() == {study.sop_uids[0]}
 
 
 def test_not_a_batch_is_permanent(ai_node: StoreSCP) -> None:
