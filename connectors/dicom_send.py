@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -131,6 +132,8 @@ class DicomSendDestination:
     ) -> None:
         self.config = config
         self._prepare = prepare_instance
+        # Set by close(): a batch still sending in its worker thread stops at the next instance.
+        self._closing = threading.Event()
         self._peer = Peer(
             host=config.host,
             port=config.port,
@@ -148,7 +151,8 @@ class DicomSendDestination:
         return Delivery(response=f"stored {outcome.stored} instances", detail=detail)
 
     async def close(self) -> None:
-        """Nothing to release: each send opens and closes its own association."""
+        """Stop a batch in flight at its next instance (it will be retried after restart)."""
+        self._closing.set()
 
     def _send_batch(self, batch: StudyBatch) -> _Outcome:
         outcome = _Outcome()
@@ -178,6 +182,8 @@ class DicomSendDestination:
     ) -> str | None:
         """Send ``refs``, recording the outcome; returns a status text if the peer is busy."""
         for ref in refs:
+            if self._closing.is_set():
+                raise RecoverableError(f"sending to {self._peer} interrupted: destination closed")
             if not assoc.is_established:
                 raise lost(self._peer, "C-STORE")
             try:

@@ -145,6 +145,22 @@ def test_connection_lost_mid_batch_is_recoverable(tmp_path: Path) -> None:
         run(destination(node.port, node.aet).send(batch_json(study.paths)))
 
 
+def test_close_interrupts_a_batch_in_flight(tmp_path: Path) -> None:
+    study = write_study(tmp_path / "study", series=1, per_series=5)
+    with StoreSCP(tmp_path / "slow", extra_args=["--sleep-after", "1"]) as node:
+        dest = destination(node.port, node.aet)
+
+        async def send_then_close() -> Delivery:
+            sending = asyncio.create_task(dest.send(batch_json(study.paths)))
+            await asyncio.sleep(0.3)
+            await dest.close()
+            return await sending
+
+        with pytest.raises(RecoverableError, match="interrupted"):
+            run(send_then_close())
+        assert 1 <= len(node.received()) < 5
+
+
 def test_refused_sop_class_is_permanent_and_the_rest_is_sent(
     tmp_path: Path, ai_node: StoreSCP
 ) -> None:
