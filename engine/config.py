@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.dicom_mwl import DicomListenerConfig
+from engine.normalize_config import NormalizeConfig
 from engine.transform import TransformConfig
 
 __all__ = [
@@ -56,7 +57,10 @@ class FilterRule(_Strict):
 class InboundConfig(_Strict):
     """How the channel reads what its source receives."""
 
-    data_type: Literal["hl7v2"] = "hl7v2"
+    data_type: Literal["hl7v2", "dicom-study"] = Field(
+        default="hl7v2",
+        description="hl7v2: HL7 v2 messages; dicom-study: studies assembled by a dicom source",
+    )
     default_charset: str = Field(
         default="UNICODE UTF-8", description="HL7 table 0211 name used when MSH-18 is empty"
     )
@@ -94,6 +98,9 @@ class ChannelFile(_Strict):
     source: dict[str, Any]
     filters: list[FilterRule] = Field(default_factory=list)
     transform: TransformConfig | None = None
+    normalize: NormalizeConfig | None = Field(
+        default=None, description="tag morphing of images (dicom-study channels)"
+    )
     destinations: list[dict[str, Any]] = Field(min_length=1)
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pydicom import Dataset
+
     from connectors.channel import ChannelForward, ChannelForwardConfig
+    from connectors.dicom_send import DicomSendConfig, DicomSendDestination
+    from connectors.dicom_store import DicomSource, DicomSourceConfig
+    from connectors.dicomweb import DicomWebConfig, DicomWebDestination
     from connectors.memory import (
         MemoryDestination,
         MemoryDestinationConfig,
@@ -13,6 +19,7 @@ if TYPE_CHECKING:
         MemorySourceConfig,
     )
     from connectors.mllp import MLLPSource, MLLPSourceConfig
+    from connectors.prefetch import PrefetchConfig, PrefetchDestination
     from connectors.worklist import WorklistDestination, WorklistDestinationConfig
     from engine.config import DestinationFile
     from engine.services import Services
@@ -20,14 +27,14 @@ if TYPE_CHECKING:
 __all__ = ["memory_destination", "memory_source", "mllp_source", "worklist_destination"]
 
 
-def mllp_source(config: MLLPSourceConfig, services: Services) -> MLLPSource:
+def mllp_source(config: MLLPSourceConfig, services: Services, *, channel: str) -> MLLPSource:
     """An MLLP listener."""
     from connectors.mllp import MLLPSource
 
     return MLLPSource(config)
 
 
-def memory_source(config: MemorySourceConfig, services: Services) -> MemorySource:
+def memory_source(config: MemorySourceConfig, services: Services, *, channel: str) -> MemorySource:
     """An in-memory source for tests."""
     from connectors.memory import MemorySource
 
@@ -35,7 +42,7 @@ def memory_source(config: MemorySourceConfig, services: Services) -> MemorySourc
 
 
 def worklist_destination(
-    config: WorklistDestinationConfig, services: Services, spec: DestinationFile
+    config: WorklistDestinationConfig, services: Services, spec: DestinationFile, *, channel: str
 ) -> WorklistDestination:
     """The Modality Worklist, in the hub's own store."""
     from connectors.worklist import WorklistDestination
@@ -44,7 +51,7 @@ def worklist_destination(
 
 
 def memory_destination(
-    config: MemoryDestinationConfig, services: Services, spec: DestinationFile
+    config: MemoryDestinationConfig, services: Services, spec: DestinationFile, *, channel: str
 ) -> MemoryDestination:
     """An in-memory destination for tests."""
     from connectors.memory import MemoryDestination
@@ -53,7 +60,7 @@ def memory_destination(
 
 
 def channel_destination(
-    config: ChannelForwardConfig, services: Services, spec: DestinationFile
+    config: ChannelForwardConfig, services: Services, spec: DestinationFile, *, channel: str
 ) -> ChannelForward:
     """Forwarding to another channel of this hub (looked up at send time)."""
     from connectors.channel import ChannelForward
@@ -62,4 +69,54 @@ def channel_destination(
         runtime = services.channels.get(name)
         return runtime.handle if runtime is not None else None
 
-    return ChannelForward(config, resolve, from_channel=spec.name)
+    return ChannelForward(config, resolve, from_channel=channel)
+
+
+def dicom_source(config: DicomSourceConfig, services: Services, *, channel: str) -> DicomSource:
+    """Images C-STOREd to the hub's listener, assembled into studies."""
+    from connectors.dicom_store import DicomSource
+
+    return DicomSource.from_services(config, services, channel=channel)
+
+
+def _prepare_instance(
+    services: Services, spec: DestinationFile, channel: str
+) -> Callable[[Dataset], Dataset] | None:
+    """De-identification for a destination marked ``external`` (else images go as they are)."""
+    if not spec.external:
+        return None
+    scope = f"{channel}/{spec.name}"
+
+    def deidentify(ds: Dataset) -> Dataset:
+        return services.deid.deidentify(ds, destination=scope)
+
+    return deidentify
+
+
+def dicom_destination(
+    config: DicomSendConfig, services: Services, spec: DestinationFile, *, channel: str
+) -> DicomSendDestination:
+    """C-STORE to a DICOM node (PACS, AI node), de-identified when external."""
+    from connectors.dicom_send import DicomSendDestination
+
+    prepare = _prepare_instance(services, spec, channel)
+    return DicomSendDestination(config, prepare_instance=prepare)
+
+
+def dicomweb_destination(
+    config: DicomWebConfig, services: Services, spec: DestinationFile, *, channel: str
+) -> DicomWebDestination:
+    """STOW-RS to a DICOMweb service, de-identified when external."""
+    from connectors.dicomweb import DicomWebDestination
+
+    prepare = _prepare_instance(services, spec, channel)
+    return DicomWebDestination(config, prepare_instance=prepare)
+
+
+def prefetch_destination(
+    config: PrefetchConfig, services: Services, spec: DestinationFile, *, channel: str
+) -> PrefetchDestination:
+    """Prior studies C-MOVEd from the PACS when an order arrives."""
+    from connectors.prefetch import PrefetchDestination
+
+    return PrefetchDestination(config)

@@ -11,10 +11,13 @@ from sqlalchemy import Engine
 
 from connectors.base import Source
 from connectors.dicom_mwl import MWLServer
+from connectors.dicom_store import StorageService
 from connectors.mllp import MLLPSource
 from engine import registry
+from engine.archive import Archive
 from engine.config import Channel, HubSettings
 from engine.datatypes import datatype_for
+from engine.deid import Deidentifier
 from engine.pipeline import ChannelRuntime
 from engine.queue import DestinationWorker
 from engine.services import Services
@@ -53,12 +56,26 @@ class Hub:
         templates = TemplateEnvironment(
             settings.resolved_transforms_dir(), uid_root=settings.uid_root
         )
-        self.services = Services(settings, self._engine, self._committer, worklist, templates)
+        archive = Archive(settings.data_dir / "archive", self._engine, self._committer)
+        storage = StorageService(archive)
+        self.mwl = MWLServer(settings.dicom, worklist)
+        # One AE, one port: the worklist and the storage SCP share the listener.
+        self.mwl.listener.add_service(storage)
+        self.services = Services(
+            settings=settings,
+            engine=self._engine,
+            committer=self._committer,
+            worklist=worklist,
+            templates=templates,
+            archive=archive,
+            storage=storage,
+            deid=Deidentifier(self._engine),
+        )
         self._pool = ThreadPoolExecutor(settings.pipeline_threads, thread_name_prefix="pipeline")
         for channel in self.channels:
             await self._deploy(channel, self.services, self._pool)
-        self.mwl = MWLServer(settings.dicom, worklist)
         await asyncio.to_thread(self.mwl.start)
+        assert self.mwl is not None
         log.info(
             "hub started: %d channel(s), DICOM AE %s on port %d, store %s",
             len(self.channels),
@@ -76,7 +93,9 @@ class Hub:
             worker = DestinationWorker(
                 channel.name,
                 destination.spec.name,
-                connector=make(destination.connector, services, destination.spec),
+                connector=make(
+                    destination.connector, services, destination.spec, channel=channel.name
+                ),
                 retry=destination.spec.retry,
                 engine=services.engine,
                 committer=services.committer,
@@ -84,15 +103,16 @@ class Hub:
             worker.start()
             runtime.workers.append(worker)
         source: Source = registry.factory("source", channel.file.source["type"])(
-            channel.source, services
+            channel.source, services, channel=channel.name
         )
+        # Registered before its source starts: other channels may forward to it.
+        services.channels[channel.name] = runtime
+        self.runtimes[channel.name] = runtime
         if isinstance(source, MLLPSource):
             await source.start(runtime.handle, on_oversize=runtime.handle_oversize)
         else:
             await source.start(runtime.handle)
         self.sources[channel.name] = source
-        self.runtimes[channel.name] = runtime
-        services.channels[channel.name] = runtime
         log.info("channel %s deployed", channel.name)
 
     async def stop(self) -> None:

@@ -35,6 +35,9 @@ SOURCES: dict[str, ConnectorEntry] = {
     "memory": ConnectorEntry(
         "connectors.memory:MemorySourceConfig", "engine.factories:memory_source"
     ),
+    "dicom": ConnectorEntry(
+        "connectors.dicom_store:DicomSourceConfig", "engine.factories:dicom_source"
+    ),
 }
 
 DESTINATIONS: dict[str, ConnectorEntry] = {
@@ -46,6 +49,15 @@ DESTINATIONS: dict[str, ConnectorEntry] = {
     ),
     "channel": ConnectorEntry(
         "connectors.channel:ChannelForwardConfig", "engine.factories:channel_destination"
+    ),
+    "dicom": ConnectorEntry(
+        "connectors.dicom_send:DicomSendConfig", "engine.factories:dicom_destination"
+    ),
+    "dicomweb": ConnectorEntry(
+        "connectors.dicomweb:DicomWebConfig", "engine.factories:dicomweb_destination"
+    ),
+    "prefetch": ConnectorEntry(
+        "connectors.prefetch:PrefetchConfig", "engine.factories:prefetch_destination"
     ),
 }
 
@@ -81,7 +93,7 @@ def config_class(role: Role, type_name: object) -> type[BaseModel]:
 def factory(role: Role, type_name: str) -> Any:
     """The factory of a connector type.
 
-    Sources: ``(config, services) -> Source``; destinations:
-    ``(config, services, spec) -> Destination`` (``spec`` = the engine's fields).
+    Sources: ``(config, services, *, channel) -> Source``; destinations:
+    ``(config, services, spec, *, channel) -> Destination`` (``spec`` = the engine's fields).
     """
     return _import(lookup(role, type_name).factory)

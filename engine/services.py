@@ -7,7 +7,10 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from connectors.dicom_store import StorageService
+from engine.archive import Archive
 from engine.config import HubSettings
+from engine.deid import Deidentifier
 from engine.store.group_commit import GroupCommitter
 from engine.templating import TemplateEnvironment
 from engine.worklist import WorklistStore
@@ -17,12 +20,15 @@ __all__ = ["Services"]
 
 @dataclass(frozen=True)
 class Services:
-    """The store, its writer, the worklist and the template environment of one hub."""
+    """The store, its writer, the worklist, templates, image archive and ingest of one hub."""
 
     settings: HubSettings
     engine: Engine
     committer: GroupCommitter
     worklist: WorklistStore
     templates: TemplateEnvironment
+    archive: Archive
+    storage: StorageService
+    deid: Deidentifier
     #: Deployed channels by name (filled by the hub), for ``type: channel`` forwarding.
     channels: dict[str, Any] = field(default_factory=dict)

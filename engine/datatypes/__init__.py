@@ -14,6 +14,20 @@ __all__ = ["datatype_for"]
 
 def datatype_for(channel: Channel, services: Services) -> DataType:
     """The data type a channel's ``inbound.data_type`` names."""
+    if channel.file.inbound.data_type == "dicom-study":
+        return _study_datatype(channel, services)
     from engine.datatypes.hl7v2 import HL7v2DataType
 
     return HL7v2DataType(channel.name, channel.file.inbound)
+
+
+def _study_datatype(channel: Channel, services: Services) -> DataType:
+    from engine.datatypes.dicom_study import StudyDataType
+    from engine.normalize import Normalizer
+
+    config = channel.file.normalize
+    normalizer = (
+        Normalizer(config, services.templates, services.worklist) if config is not None else None
+    )
+    normalized_root = services.settings.data_dir.resolve() / "normalized" / channel.name
+    return StudyDataType(channel.name, normalizer, normalized_root)
