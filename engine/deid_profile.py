@@ -91,7 +91,8 @@ BASIC_PROFILE: dict[str, str] = {
     **_actions(
         "X",
         """
-        StudyDescription StudyComments StudyIDIssuer ReasonForStudy RequestingPhysician
+        StudyDescription StudyComments StudyIDIssuer IssuerOfAccessionNumberSequence
+        ReasonForStudy RequestingPhysician
         RequestingService RequestedProcedureID RequestedProcedureComments
         RequestedProcedureLocation RequestAttributesSequence ReasonForTheRequestedProcedure
         ReasonForRequestedProcedureCodeSequence ReasonForTheImagingServiceRequest

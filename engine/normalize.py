@@ -64,6 +64,7 @@ _TEXT_VRS = frozenset(
     {"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR", "UT"}
 )
 _ORIGINAL_ATTRIBUTES = "OriginalAttributesSequence"
+_DEFAULT_REPERTOIRE = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
 _SPS = "ScheduledProcedureStepSequence"
 # Request Attributes Macro (PS3.3 Table 10-9): taken from the order or its procedure step.
 _REQUEST_FROM_ORDER = (
@@ -204,6 +205,11 @@ class Normalizer:
 
     # -- normalization --------------------------------------------------------
 
+    @staticmethod
+    def study_metadata(ds: Dataset) -> dict[str, str]:
+        """The routing attributes of a normalized instance (see :func:`study_metadata`)."""
+        return study_metadata(ds)
+
     def normalize(self, ds: Dataset) -> list[Change]:
         """Apply the configuration to ``ds`` in place; the changes made, in order.
 
@@ -325,9 +331,10 @@ class Normalizer:
         written = [c.new for c in changes if c.new is not None and c.new.VR in _TEXT_VRS]
         old = element_of(ds, "SpecificCharacterSet")
         terms = [str(t) for t in old.value] if old is not None and old.VM > 1 else [text_of(old)]
-        # The default repertoire (no or an empty first term, ISO_IR 6) is ASCII only,
-        # although pydicom reads it leniently as Latin-1.
-        codecs = convert_encodings(terms) if terms[0] not in ("", "ISO_IR 6") else []
+        # The default repertoire (no or an empty term, ISO_IR 6) is ASCII only, although
+        # pydicom reads it leniently as Latin-1: only the other terms' codecs count.
+        extended = [t for t in terms if t not in _DEFAULT_REPERTOIRE]
+        codecs = convert_encodings(extended) if extended else []
         if all(_encodable(text_of(elem), codecs) for elem in written):
             return
         ds.decode()

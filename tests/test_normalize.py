@@ -525,3 +525,29 @@ def test_study_metadata_for_routing(templates: TemplateEnvironment) -> None:
         "StudyDate",
         "StudyTime",
     }
+
+
+def test_the_normalizer_offers_study_metadata(templates: TemplateEnvironment) -> None:
+    ds = image(BodyPartExamined="THORAX")
+    assert normalizer(templates).study_metadata(ds) == study_metadata(ds)
+
+
+def test_an_ended_order_still_links_its_late_images(
+    templates: TemplateEnvironment, worklist: CountingStore, engine: Engine
+) -> None:
+    with engine.begin() as conn:
+        worklist.apply(conn, WorklistItem(action="cancel", key="o2"))
+    assert worklist.find_item(accession_number="ACC2") is not None
+    assert worklist.find_item(accession_number="ACC2", study_instance_uid="1.2.3.1") is None
+    assert worklist.find_item() is None
+    ds = image(StudyInstanceUID="1.2.3.2")
+    normalizer(templates, worklist, link_worklist=True).normalize(ds)
+    assert ds.PatientID == "P2"
+
+
+def test_a_code_extension_charset_that_fits_is_kept(
+    templates: TemplateEnvironment, worklist: CountingStore
+) -> None:
+    ds = image(AccessionNumber="ACC1", SpecificCharacterSet=["", "ISO 2022 IR 100"])
+    normalizer(templates, worklist, link_worklist=True).normalize(ds)
+    assert list(ds.SpecificCharacterSet) == ["", "ISO 2022 IR 100"]
