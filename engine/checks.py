@@ -50,8 +50,18 @@ def _check_templates(channel: Channel, templates: TemplateEnvironment) -> None:
             templates.check(transform.template)
         except ConfigError as exc:
             raise ConfigError(f"{channel.path}: transform.template: {exc}") from exc
-    for rule in channel.file.filters:
+    rules = [*channel.file.filters, *(r for d in channel.destinations for r in d.spec.filters)]
+    for rule in rules:
         try:
             templates.compile_expression(rule.when)
         except ConfigError as exc:
-            raise ConfigError(f"{channel.path}: filters '{rule.name}': {exc}") from exc
+            raise ConfigError(f"{channel.path}: filter '{rule.name}': {exc}") from exc
+    if channel.file.normalize is not None:
+        from engine.normalize import Normalizer
+
+        # No worklist needed to check: linking is only exercised on real images.
+        config = channel.file.normalize.model_copy(update={"link_worklist": False})
+        try:
+            Normalizer(config, templates).check()
+        except ConfigError as exc:
+            raise ConfigError(f"{channel.path}: normalize: {exc}") from exc

@@ -102,6 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
     from engine.checks import load_and_check
 
     settings = _settings(args)
+    _quiet_pydicom()
     channels = load_and_check(settings)
     asyncio.run(_run_until_signalled(settings, channels))
     return 0
@@ -120,6 +121,14 @@ async def _run_until_signalled(settings: HubSettings, channels: list[Channel]) -
     await stop.wait()
     log.info("stopping")
     await hub.stop()
+
+
+def _quiet_pydicom() -> None:
+    """Keep pydicom from logging the values it finds invalid: they may be PHI."""
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+    config.settings.writing_validation_mode = config.IGNORE
 
 
 def _send(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -71,22 +72,46 @@ class HubProcess:
         return int(self.proc.returncode)
 
 
-def prepare_channels(target: Path, mllp_port: int) -> Path:
-    """Copy the shipped channels into ``target`` with the MLLP port changed."""
+# A channel's engine-level destination fields, kept when a test replaces its connector.
+_ENGINE_FIELDS = {"name", "type", "enabled", "filters", "transform", "retry", "external"}
+
+Overrides = dict[str, dict[str, Any]]
+
+
+def prepare_channels(target: Path, mllp_port: int, overrides: Overrides | None = None) -> Path:
+    """Copy the shipped channels into ``target`` with the MLLP port changed.
+
+    ``overrides`` maps a channel name to ``{"source": {...}, "destinations":
+    {name: {...}}}``: fields merged into the source and the named destinations.
+    A destination override with a ``type`` replaces its connector's fields.
+    """
     target.mkdir(parents=True, exist_ok=True)
     for path in (REPO / "channels").glob("*.yaml"):
         data = yaml.safe_load(path.read_text())
         if data.get("source", {}).get("type") == "mllp":
             data["source"]["port"] = mllp_port
             data["source"]["host"] = "127.0.0.1"
+        _apply(data, (overrides or {}).get(data["name"], {}))
         (target / path.name).write_text(yaml.safe_dump(data, sort_keys=False))
     return target
 
 
-def start_hub(workdir: Path) -> HubProcess:
+def _apply(channel: dict[str, Any], override: dict[str, Any]) -> None:
+    channel["source"].update(override.get("source", {}))
+    for destination in channel["destinations"]:
+        change = override.get("destinations", {}).get(destination["name"])
+        if change is None:
+            continue
+        if "type" in change:
+            for key in [k for k in destination if k not in _ENGINE_FIELDS]:
+                del destination[key]
+        destination.update(change)
+
+
+def start_hub(workdir: Path, overrides: Overrides | None = None) -> HubProcess:
     """Start ``meridian serve`` with the shipped channels and templates on free ports."""
     mllp_port, dicom_port = free_port(), free_port()
-    channels = prepare_channels(workdir / "channels", mllp_port)
+    channels = prepare_channels(workdir / "channels", mllp_port, overrides)
     data_dir = workdir / "var"
     log_path = workdir / "hub.log"
     meridian = shutil.which("meridian", path=str(Path(sys.executable).parent)) or "meridian"
