@@ -3,8 +3,8 @@
 The payload is a :class:`~engine.worklist_item.WorklistItem`; only ``create``
 triggers a prefetch. Over one association with the PACS (Study Root):
 
-1. C-FIND at STUDY level for the order's PatientID (and IssuerOfPatientID when
-   the order has one), studies dated within ``lookback_days``;
+1. C-FIND at STUDY level for the order's PatientID (with ``match_issuer``,
+   also its issuer when it has one), studies dated within ``lookback_days``;
 2. choose priors (:func:`select_priors`): not the order's own study, of the
    wanted modalities, optionally sharing a body-part word with the order, the
    newest ``max_studies`` first;
@@ -100,6 +100,10 @@ class PrefetchConfig(BaseModel):
     max_studies: int = Field(default=3, ge=1)
     lookback_days: int = Field(default=3650, ge=1)
     body_part_match: bool = False
+    match_issuer: bool = Field(
+        default=False,
+        description="also match IssuerOfPatientID; off by default: most PACS do not store it",
+    )
     timeout_seconds: float = Field(default=30, gt=0, description="connect, ACSE, C-FIND")
     move_timeout_seconds: float = Field(
         default=600, gt=0, description="longest wait for a C-MOVE (whole study) response"
@@ -229,12 +233,12 @@ def _shares_body_part(
     return bool(order_words & words(series_body_parts(prior.study_uid)))
 
 
-def study_query(order: Order, since: date) -> Dataset:
+def study_query(order: Order, since: date, *, match_issuer: bool = False) -> Dataset:
     """The Study Root C-FIND identifier for the order's patient."""
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.PatientID = order.patient_id
-    if order.issuer:
+    if match_issuer and order.issuer:
         query.IssuerOfPatientID = order.issuer
     for keyword in RETURN_KEYS:
         setattr(query, keyword, "")
@@ -278,9 +282,10 @@ class PrefetchDestination:
         since = date.today() - timedelta(days=self.config.lookback_days)
         contexts = [build_context(STUDY_ROOT_FIND), build_context(STUDY_ROOT_MOVE)]
         with open_association(self._peer, contexts) as assoc:
+            query = study_query(order, since, match_issuer=self.config.match_issuer)
             found = [
                 prior
-                for ds in self._find(assoc, study_query(order, since))
+                for ds in self._find(assoc, query)
                 if (prior := Prior.from_identifier(ds)) is not None
             ]
             chosen = select_priors(

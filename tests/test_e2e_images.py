@@ -168,3 +168,51 @@ def test_unknown_called_ae_is_refused_and_the_listener_keeps_serving(
     study = write_study(tmp_path / "wrong", series=1, per_series=1, accession="ACCWRONG")
     assert storescu(site, study.paths, called="NOBODY") != 0
     assert storescu(site, study.paths) == 0
+
+
+def test_new_order_prefetches_the_patients_priors(tmp_path: Path) -> None:
+    workstation = StoreSCP(tmp_path / "workstation", aet="READING_WS").start()
+    pacs = start_orthanc(
+        tmp_path / "orthanc", modalities={"ws": ("READING_WS", "127.0.0.1", workstation.port)}
+    )
+    try:
+        older = write_study(
+            tmp_path / "p1",
+            series=1,
+            per_series=2,
+            patient=Patient(patient_id="PPRIOR"),
+            accession="OLD1",
+        )
+        other = write_study(
+            tmp_path / "p2",
+            series=1,
+            per_series=1,
+            patient=Patient(patient_id="SOMEONE"),
+            accession="OLD2",
+        )
+        for path in [*older.paths, *other.paths]:
+            pacs.upload(path)
+        overrides = {
+            "orders-to-worklist": {
+                "destinations": {
+                    "prefetch-priors": {
+                        "enabled": True,
+                        "port": pacs.dicom_port,
+                        "modalities": ["CT"],
+                    }
+                }
+            }
+        }
+        hub = start_hub(tmp_path / "hub", overrides)
+        try:
+            ack = mllp_client.send(
+                hub.mllp_port, orm(placer="PRIOR-1", accession="NEW1", patient_id="PPRIOR").encode()
+            )
+            assert mllp_client.msa(ack)[1] == "AA"
+            assert wait_for(lambda: workstation.received_sop_uids() == set(older.sop_uids))
+            assert not workstation.received_sop_uids() & set(other.sop_uids)
+        finally:
+            assert hub.stop() == 0
+    finally:
+        pacs.stop()
+        workstation.stop()

@@ -194,7 +194,9 @@ def test_default_lookback_and_max_studies(pacs: Archive) -> None:
     assert received(pacs, "ct_chest_recent", "ct_abdomen", "ct_chest_old")
 
 
-def test_issuer_of_patient_id_narrows_the_query(pacs: Archive, tmp_path: Path) -> None:
+def test_issuer_of_patient_id_narrows_the_query_when_asked(
+    pacs: Archive, tmp_path: Path
+) -> None:
     studies = {}
     for issuer in ("HOSP_A", "HOSP_B"):
         ds = make_ct_instance(generate_uid(), generate_uid(), patient=Patient(patient_id="SHARED1"))
@@ -203,9 +205,18 @@ def test_issuer_of_patient_id_narrows_the_query(pacs: Archive, tmp_path: Path) -
         studies[issuer] = str(ds.SOPInstanceUID)
     payload = json.loads(order(patient="SHARED1"))
     payload["attributes"]["IssuerOfPatientID"] = "HOSP_A"
-    delivery = run(pacs, json.dumps(payload))
+    delivery = run(pacs, json.dumps(payload), match_issuer=True)
     assert delivery.response == "moved 1 of 1 priors"
     assert pacs.workstation.received_sop_uids() == {studies["HOSP_A"]}
+
+
+def test_issuer_is_ignored_by_default(pacs: Archive, tmp_path: Path) -> None:
+    # Most PACS do not keep IssuerOfPatientID on images: matching it would find nothing.
+    ds = make_ct_instance(generate_uid(), generate_uid(), patient=Patient(patient_id="NOISSUER"))
+    pacs.orthanc.upload(write_dataset(ds, tmp_path / "no-issuer.dcm"))
+    payload = json.loads(order(patient="NOISSUER"))
+    payload["attributes"]["IssuerOfPatientID"] = "HOSP_A"
+    assert run(pacs, json.dumps(payload)).response == "moved 1 of 1 priors"
 
 
 def test_lookback_limits_the_query(pacs: Archive) -> None:
