@@ -15,11 +15,10 @@ Nothing here logs PHI: only AE titles, peer addresses, counts and statuses.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Protocol
+from typing import Protocol
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydicom import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, _config, build_context, evt
@@ -27,12 +26,14 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
+from connectors.dicom_common import AETitle, tune_connection
 from engine.errors import MessageError, StoreError
 from engine.worklist import WorklistStore
 
 __all__ = [
     "MODALITY_WORKLIST_FIND",
     "VERIFICATION",
+    "AETitle",
     "DicomListener",
     "DicomListenerConfig",
     "DicomService",
@@ -42,8 +43,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Seconds pynetdicom's reactor sleeps when idle (its default is 1 ms; see _tune_connection).
-REACTOR_DELAY_SECONDS = 0.0001
 
 # pynetdicom.sop_class builds its names at import time, invisible to mypy.
 VERIFICATION = UID("1.2.840.10008.1.1")
@@ -58,16 +57,6 @@ UNABLE_TO_PROCESS = 0xC000
 _ERROR_COMMENT_MAX = 64  # LO
 
 
-def _check_ae_title(value: str) -> str:
-    """An AE title: 1-16 printable ASCII characters, no backslash, not only spaces."""
-    if not value.strip():
-        raise ValueError("an AE title cannot be empty or only spaces")
-    if not value.isascii() or not value.isprintable() or "\\" in value:
-        raise ValueError("an AE title is printable ASCII without backslash")
-    return value.strip()
-
-
-AETitle = Annotated[str, Field(min_length=1, max_length=16), AfterValidator(_check_ae_title)]
 
 
 class DicomListenerConfig(BaseModel):
@@ -157,7 +146,7 @@ class DicomListener:
 
     def _handlers(self) -> list[EventHandlerType]:
         handlers: list[EventHandlerType] = [
-            (evt.EVT_CONN_OPEN, _tune_connection),
+            (evt.EVT_CONN_OPEN, tune_connection),
             (evt.EVT_ACCEPTED, _log_accepted),
             (evt.EVT_REJECTED, _log_rejected),
             (evt.EVT_C_ECHO, _on_echo),
@@ -195,18 +184,6 @@ def _log_accepted(event: Event) -> None:
     log.info("association accepted: %s from %s", requestor.ae_title, requestor.address)
 
 
-def _tune_connection(event: Event) -> None:
-    """Make a new association answer without artificial delays.
-
-    Each C-FIND response is two small writes (command, then identifier); with
-    Nagle's algorithm the second waits for the peer's delayed ACK (~40 ms).
-    pynetdicom's reactor also sleeps 1 ms whenever its queues are empty, once
-    per response; 0.1 ms keeps idle CPU low while cutting that wait tenfold.
-    """
-    sock = event.assoc.dul.socket
-    if sock is not None and sock.socket is not None:
-        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    event.assoc.dul._run_loop_delay = REACTOR_DELAY_SECONDS
 
 
 def _log_rejected(event: Event) -> None:

@@ -12,19 +12,17 @@ Nothing here logs PHI: AE titles, addresses, statuses only.
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated
 
-from pydantic import AfterValidator, Field
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 
+from connectors.dicom_common import REACTOR_DELAY_SECONDS, AETitle, tune_connection
 from engine.errors import PermanentError, RecoverableError
 
 __all__ = [
@@ -39,20 +37,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Seconds pynetdicom's reactor sleeps when idle (default 1 ms); as in connectors.dicom_mwl.
-REACTOR_DELAY_SECONDS = 0.0001
 
 
-def _check_ae_title(value: str) -> str:
-    """An AE title: 1-16 printable ASCII characters, no backslash, not only spaces."""
-    if not value.strip():
-        raise ValueError("an AE title cannot be empty or only spaces")
-    if not value.isascii() or not value.isprintable() or "\\" in value:
-        raise ValueError("an AE title is printable ASCII without backslash")
-    return value.strip()
-
-
-AETitle = Annotated[str, Field(min_length=1, max_length=16), AfterValidator(_check_ae_title)]
 
 
 @dataclass(frozen=True)
@@ -98,12 +84,6 @@ def classify_status(code: int) -> str:
     return StatusKind.PERMANENT
 
 
-def _tune_connection(event: Event) -> None:
-    """No Nagle delay on small PDUs, a shorter reactor sleep (see connectors.dicom_mwl)."""
-    sock = event.assoc.dul.socket
-    if sock is not None and sock.socket is not None:
-        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    event.assoc.dul._run_loop_delay = REACTOR_DELAY_SECONDS
 
 
 def _quiet_identifiers() -> None:
@@ -136,7 +116,7 @@ def open_association(peer: Peer, contexts: Sequence[PresentationContext]) -> Ite
             )
 
     handlers: list[EventHandlerType] = [
-        (evt.EVT_CONN_OPEN, _tune_connection),
+        (evt.EVT_CONN_OPEN, tune_connection),
         (evt.EVT_ACSE_RECV, on_acse),
     ]
     assoc = ae.associate(
