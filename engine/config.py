@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.dicom_mwl import DicomListenerConfig
+from engine.ai_result import AIMode
 from engine.normalize_config import NormalizeConfig
 from engine.transform import TransformConfig
 
@@ -25,6 +26,7 @@ __all__ = [
     "FilterRule",
     "HubSettings",
     "InboundConfig",
+    "AIModelConfig",
     "RetryPolicy",
 ]
 
@@ -73,6 +75,21 @@ class InboundConfig(_Strict):
     )
 
 
+class AIModelConfig(_Strict):
+    """The AI model a destination asks: recorded in the audit trail, drives triage."""
+
+    model: str = Field(min_length=1, description="model name, as results name it")
+    version: str = Field(min_length=1)
+    mode: AIMode = Field(
+        default="shadow",
+        description="shadow: results stored and audited only; triage: the reading worklist "
+        "is reprioritized; assistant: also forwarded to the PACS and drafted into the report",
+    )
+    timeout_seconds: float = Field(
+        default=600, gt=0, description="no result after this long: timeout recorded, alert"
+    )
+
+
 class DestinationFile(_Strict):
     """The engine's fields of a destination; the rest belong to its connector."""
 
@@ -85,6 +102,9 @@ class DestinationFile(_Strict):
     external: bool = Field(
         default=False,
         description="outside the hospital: images are de-identified (PS3.15) before sending",
+    )
+    ai: AIModelConfig | None = Field(
+        default=None, description="this destination is an AI service running this model"
     )
 
 

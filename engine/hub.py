@@ -72,6 +72,9 @@ class Hub:
             deid=Deidentifier(self._engine),
         )
         self._pool = ThreadPoolExecutor(settings.pipeline_threads, thread_name_prefix="pipeline")
+        self.services.ai_models.update(
+            {d.spec.ai.model: d.spec.ai for c in self.channels for d in c.destinations if d.spec.ai}
+        )
         for channel in self.channels:
             await self._deploy(channel, self.services, self._pool)
         await asyncio.to_thread(self.mwl.start)

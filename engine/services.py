@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 
 from connectors.dicom_store import StorageService
 from engine.archive import Archive
-from engine.config import HubSettings
+from engine.config import AIModelConfig, HubSettings
 from engine.deid import Deidentifier
 from engine.store.group_commit import GroupCommitter
 from engine.templating import TemplateEnvironment
@@ -32,3 +32,5 @@ class Services:
     deid: Deidentifier
     #: Deployed channels by name (filled by the hub), for ``type: channel`` forwarding.
     channels: dict[str, Any] = field(default_factory=dict)
+    #: AI models by name (from every destination's ``ai:`` block), for their modes.
+    ai_models: dict[str, AIModelConfig] = field(default_factory=dict)
