@@ -19,6 +19,7 @@ from engine.normalize_config import NormalizeConfig
 from engine.transform import TransformConfig
 
 __all__ = [
+    "AIModelConfig",
     "Channel",
     "ChannelDestination",
     "ChannelFile",
@@ -26,7 +27,6 @@ __all__ = [
     "FilterRule",
     "HubSettings",
     "InboundConfig",
-    "AIModelConfig",
     "RetryPolicy",
 ]
 
