@@ -20,17 +20,23 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
+from sqlalchemy import Connection, Engine, RowMapping, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from engine.archive_tables import COMPLETE, RECEIVING, archive_instances, archive_studies
+from engine.archive_tables import (
+    COMPLETE,
+    RECEIVING,
+    Stored,
+    archive_instances,
+    archive_studies,
+    index_instance,
+)
 from engine.dicom_instance import InstanceHeader
 from engine.errors import ConfigError, StoreError
 from engine.store.group_commit import GroupCommitter
@@ -77,14 +83,6 @@ class ChannelPolicy:
         return (
             header.series_instance_uid if self.group_by == "series" else header.study_instance_uid
         )
-
-
-class Stored(StrEnum):
-    """What :meth:`Archive.store` did."""
-
-    STORED = "stored"
-    REPLACED = "replaced"
-    DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +155,7 @@ class Archive:
 
     def store(
         self,
-        data: bytes,
+        data: bytes | Sequence[bytes | memoryview],
         header: InstanceHeader,
         *,
         calling_aet: str,
@@ -166,13 +164,25 @@ class Archive:
     ) -> Stored:
         """Archive one Part 10 file; returns once it is on disk and indexed.
 
-        Called from pynetdicom's association threads. Raises :class:`StoreError`
-        when the disk or the index fails (the caller answers "out of resources").
+        ``data`` is the file's bytes, or its parts in order (no copy to join
+        them). Called from pynetdicom's association threads. Raises
+        :class:`StoreError` when the disk or the index fails (the caller
+        answers "out of resources").
         """
-        if policy.duplicates == "ignore" and self._indexed(policy.channel, header.sop_instance_uid):
-            return Stored.DUPLICATE
+        parts: list[bytes | memoryview] = [data] if isinstance(data, bytes) else list(data)
         relative = self._relative_path(policy.channel, header)
-        self._write_durably(self._root / relative, data)
+        path = self._root / relative
+        # An indexed instance always has its file (file first, then row), so
+        # no file means no row: the common case needs no lookup. A file
+        # without a row is a crash's orphan, rewritten below.
+        fresh = not path.exists()
+        if (
+            not fresh
+            and policy.duplicates == "ignore"
+            and self._indexed(policy.channel, header.sop_instance_uid)
+        ):
+            return Stored.DUPLICATE
+        self._write_durably(path, parts)
         row = {
             "channel": policy.channel,
             "sop_instance_uid": header.sop_instance_uid,
@@ -182,14 +192,14 @@ class Archive:
             "sop_class_uid": header.sop_class_uid,
             "transfer_syntax_uid": header.transfer_syntax_uid,
             "path": relative.as_posix(),
-            "size": len(data),
+            "size": sum(len(part) for part in parts),
             "calling_aet": calling_aet,
             "called_aet": called_aet,
             "patient_id": _clip(header.patient_id, 64),
             "accession_number": _clip(header.accession_number, 64),
             "modality": _clip(header.modality, 16),
         }
-        outcome, stale = self._committer.run(self._index_op(row, policy.duplicates))
+        outcome, stale = self._committer.run(self._index_op(row, policy.duplicates, fresh=fresh))
         if stale is not None:
             self._remove(stale)
         return outcome
@@ -213,14 +223,15 @@ class Archive:
         except SQLAlchemyError as exc:
             raise StoreError(f"archive index unavailable: {type(exc).__name__}") from exc
 
-    def _write_durably(self, path: Path, data: bytes) -> None:
+    def _write_durably(self, path: Path, parts: list[bytes | memoryview]) -> None:
         directory = path.parent
         temporary = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
         try:
             self._make_dirs(directory)
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
             try:
-                _write_all(fd, data)
+                for part in parts:
+                    _write_all(fd, part)
                 if self._fsync:
                     os.fsync(fd)
             finally:
@@ -251,31 +262,12 @@ class Archive:
                 _fsync_dir(folder.parent)
 
     def _index_op(
-        self, row: dict[str, Any], duplicates: Duplicates
+        self, row: dict[str, Any], duplicates: Duplicates, *, fresh: bool
     ) -> Callable[[Connection], tuple[Stored, str | None]]:
-        """The write run by the committer: upsert the instance row, advance its unit."""
+        """The write the committer runs (its clock read in the writer, at commit order)."""
 
         def op(conn: Connection) -> tuple[Stored, str | None]:
-            now = self._clock()
-            existing = conn.execute(
-                select(_I.c.id, _I.c.assembly_key, _I.c.path).where(
-                    _I.c.channel == row["channel"],
-                    _I.c.sop_instance_uid == row["sop_instance_uid"],
-                )
-            ).first()
-            if existing is not None and duplicates == "ignore":
-                return Stored.DUPLICATE, None  # a concurrent copy won the race
-            moved = existing is not None and existing.assembly_key != row["assembly_key"]
-            batch = _touch_unit(conn, row, now, counts=existing is None or moved)
-            values = {**row, "batch": batch, "received_at": now}
-            if existing is None:
-                conn.execute(insert(_I).values(values))
-                return Stored.STORED, None
-            if moved:
-                _uncount(conn, row["channel"], existing.assembly_key)
-            conn.execute(update(_I).where(_I.c.id == existing.id).values(values))
-            stale = existing.path if existing.path != row["path"] else None
-            return Stored.REPLACED, stale
+            return index_instance(conn, row, self._clock(), duplicates, fresh=fresh)
 
         return op
 
@@ -408,50 +400,11 @@ _COLUMNS = (
 )
 
 
-def _touch_unit(conn: Connection, row: dict[str, Any], now: datetime, *, counts: bool) -> int:
-    """Open or extend the instance's unit; a completed unit reopens with the next batch."""
-    key = (_S.c.channel == row["channel"], _S.c.assembly_key == row["assembly_key"])
-    unit = conn.execute(select(_S.c.id, _S.c.status, _S.c.batch).where(*key)).first()
-    if unit is None:
-        conn.execute(
-            insert(_S).values(
-                channel=row["channel"],
-                assembly_key=row["assembly_key"],
-                study_instance_uid=row["study_instance_uid"],
-                status=RECEIVING,
-                batch=1,
-                completed_batch=0,
-                dispatched_batch=0,
-                dispatch_pending=False,
-                instance_count=1,
-                first_received_at=now,
-                last_received_at=now,
-            )
-        )
-        return 1
-    batch = int(unit.batch) + 1 if unit.status == COMPLETE else int(unit.batch)
-    changes: dict[str, Any] = {"status": RECEIVING, "batch": batch, "last_received_at": now}
-    if unit.status == COMPLETE:
-        changes["completed_at"] = None
-    if counts:
-        changes["instance_count"] = _S.c.instance_count + 1
-    conn.execute(update(_S).where(_S.c.id == unit.id).values(changes))
-    return batch
-
-
-def _uncount(conn: Connection, channel: str, assembly_key: str) -> None:
-    conn.execute(
-        update(_S)
-        .where(_S.c.channel == channel, _S.c.assembly_key == assembly_key)
-        .values(instance_count=_S.c.instance_count - 1)
-    )
-
-
 def _clip(value: str | None, size: int) -> str | None:
     return value[:size] if value is not None else None
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)

@@ -1,4 +1,6 @@
-"""Tables of the image archive's index: one row per archived instance, one per assembly unit.
+"""The image archive's index: its tables and the write that indexes one received instance.
+
+One row per archived instance, one per assembly unit.
 
 An *assembly unit* is what the quiet period groups: a study, or a series when
 the channel says ``group_by: series``; its ``assembly_key`` is that study's or
@@ -16,6 +18,12 @@ the whole table).
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -27,11 +35,25 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
+    case,
+    insert,
+    select,
+    update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 
 from engine.store.schema import metadata
 
-__all__ = ["COMPLETE", "RECEIVING", "archive_instances", "archive_studies"]
+__all__ = [
+    "COMPLETE",
+    "RECEIVING",
+    "Stored",
+    "archive_instances",
+    "archive_studies",
+    "index_instance",
+]
 
 RECEIVING = "RECEIVING"
 COMPLETE = "COMPLETE"
@@ -90,3 +112,141 @@ archive_studies = Table(
     Index("ix_archive_studies_pending", "channel", "dispatch_pending"),
     Index("ix_archive_studies_study", "study_instance_uid"),
 )
+
+_I = archive_instances
+_S = archive_studies
+
+
+class Stored(StrEnum):
+    """What archiving an instance did."""
+
+    STORED = "stored"
+    REPLACED = "replaced"
+    DUPLICATE = "duplicate"
+
+
+# -- the write of one received instance (run by the group committer) ----------------------
+#
+# Statements are built once per dialect with bind parameters: building and
+# cache-keying a fresh INSERT ... ON CONFLICT per image cost more than running it.
+
+_INSTANCE_COLUMNS = tuple(c.name for c in archive_instances.c if c.name != "id")
+
+
+@dataclass(frozen=True)
+class _Statements:
+    upsert_unit: Any
+    insert_new: Any
+    insert: Any
+    find: Any
+    replace: Any
+    uncount: Any
+
+
+@functools.cache
+def _statements(dialect: str) -> _Statements:
+    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    reopened = _S.c.status == COMPLETE
+    unit = upsert(_S).values(
+        channel=bindparam("channel"),
+        assembly_key=bindparam("assembly_key"),
+        study_instance_uid=bindparam("study_instance_uid"),
+        status=RECEIVING,
+        batch=1,
+        completed_batch=0,
+        dispatched_batch=0,
+        dispatch_pending=False,
+        instance_count=bindparam("counts"),
+        first_received_at=bindparam("now"),
+        last_received_at=bindparam("now"),
+    )
+    values: dict[str, Any] = {name: bindparam(name) for name in _INSTANCE_COLUMNS}
+    same_instance = (
+        _I.c.channel == bindparam("channel"),
+        _I.c.sop_instance_uid == bindparam("sop_instance_uid"),
+    )
+    return _Statements(
+        upsert_unit=unit.on_conflict_do_update(
+            index_elements=[_S.c.channel, _S.c.assembly_key],
+            set_={
+                "status": RECEIVING,
+                "batch": case((reopened, _S.c.batch + 1), else_=_S.c.batch),
+                "completed_at": case((reopened, None), else_=_S.c.completed_at),
+                "last_received_at": bindparam("now"),
+                "instance_count": _S.c.instance_count + bindparam("counts"),
+            },
+        ).returning(_S.c.batch),
+        insert_new=upsert(_I)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=[_I.c.channel, _I.c.sop_instance_uid])
+        .returning(_I.c.id),
+        insert=insert(_I).values(values),
+        find=select(_I.c.id, _I.c.assembly_key, _I.c.path).where(*same_instance),
+        replace=update(_I)
+        .where(_I.c.id == bindparam("existing_id"))
+        .values({name: bindparam(name) for name in _INSTANCE_COLUMNS if name != "channel"}),
+        uncount=update(_S)
+        .where(
+            _S.c.channel == bindparam("unit_channel"), _S.c.assembly_key == bindparam("unit_key")
+        )
+        .values(instance_count=_S.c.instance_count - 1),
+    )
+
+
+def index_instance(
+    conn: Connection, row: dict[str, Any], now: datetime, duplicates: str, *, fresh: bool
+) -> tuple[Stored, str | None]:
+    """Index one written file; returns the outcome and a replaced file to remove, if any.
+
+    ``fresh``: no file was at the instance's path before this write, so (file
+    first, then row) no row can exist: two statements, an upsert of the unit
+    and an insert. Otherwise, or if a concurrent copy of the same instance
+    won the race, the instance row is looked up and the duplicate policy
+    applies.
+    """
+    sql = _statements(conn.dialect.name)
+    if fresh:
+        batch = _upsert_unit(conn, sql, row, now, counts=True)
+        params = {**row, "batch": batch, "received_at": now}
+        if conn.execute(sql.insert_new, params).first() is not None:
+            return Stored.STORED, None
+        # Lost a race with a copy of itself.
+        conn.execute(sql.uncount, {"unit_channel": row["channel"], "unit_key": row["assembly_key"]})
+    return _index_existing(conn, sql, row, now, duplicates)
+
+
+def _index_existing(
+    conn: Connection, sql: _Statements, row: dict[str, Any], now: datetime, duplicates: str
+) -> tuple[Stored, str | None]:
+    existing = conn.execute(sql.find, row).first()
+    if existing is None:  # an orphan file from a crash, now indexed
+        batch = _upsert_unit(conn, sql, row, now, counts=True)
+        conn.execute(sql.insert, {**row, "batch": batch, "received_at": now})
+        return Stored.STORED, None
+    if duplicates == "ignore":
+        return Stored.DUPLICATE, None
+    moved = existing.assembly_key != row["assembly_key"]
+    batch = _upsert_unit(conn, sql, row, now, counts=moved)
+    if moved:
+        unit = {"unit_channel": row["channel"], "unit_key": existing.assembly_key}
+        conn.execute(sql.uncount, unit)
+    params = {**row, "batch": batch, "received_at": now, "existing_id": existing.id}
+    conn.execute(sql.replace, params)
+    return Stored.REPLACED, (existing.path if existing.path != row["path"] else None)
+
+
+def _upsert_unit(
+    conn: Connection, sql: _Statements, row: dict[str, Any], now: datetime, *, counts: bool
+) -> int:
+    """Open or extend the instance's unit in one statement; returns its current batch.
+
+    A completed unit reopens with the next batch number (a follow-up).
+    """
+    params = {
+        "channel": row["channel"],
+        "assembly_key": row["assembly_key"],
+        "study_instance_uid": row["study_instance_uid"],
+        "counts": 1 if counts else 0,
+        "now": now,
+    }
+    return int(conn.execute(sql.upsert_unit, params).scalar_one())

@@ -3,8 +3,10 @@
 A Storage SCP receives a data set as bytes in the negotiated transfer syntax.
 :func:`read_instance` checks it is structurally complete (every element's
 length fits, every undefined-length sequence is closed: a truncated transfer
-is refused, not archived) and reads the few attributes the archive indexes.
-Pixel data is never decoded or even copied: the walk skips values by length.
+is refused, not archived) and picks the few top-level attributes the archive
+indexes on the way. Pixel data is never decoded or even copied: the walk
+skips values by length. No pydicom decoding either: it would cost more than
+the walk and its validation warnings can quote values (PHI) into the log.
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass
-from io import BytesIO
-from typing import Any
 
-from pydicom import dcmread
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
 from engine.errors import ParseError
 
-__all__ = ["InstanceHeader", "check_complete", "read_instance"]
+__all__ = ["InstanceHeader", "check_complete", "file_head", "read_instance"]
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# pynetdicom's, as its own file meta would say: the hub writes what pynetdicom received.
+IMPLEMENTATION_CLASS_UID = PYNETDICOM_IMPLEMENTATION_UID
+IMPLEMENTATION_VERSION_NAME = PYNETDICOM_IMPLEMENTATION_VERSION
 _UID_MAX = 64
 _INDEXED = {
     "SOPClassUID": 0x00080016,
@@ -35,6 +39,8 @@ _INDEXED = {
     "Modality": 0x00080060,
     "SpecificCharacterSet": 0x00080005,
 }
+_WANTED = frozenset(_INDEXED.values())
+_TEXT = frozenset({"PatientID", "AccessionNumber"})  # LO/SH: in the data set's character set
 _REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 # VRs whose explicit-VR header has 2 reserved bytes and a 4-byte length.
@@ -61,21 +67,16 @@ class InstanceHeader:
     modality: str | None = None
 
 
-def read_instance(part10: bytes, dataset_offset: int, transfer_syntax: str) -> InstanceHeader:
-    """Check a Part 10 file's data set (from ``dataset_offset``) and read its identifiers.
+def read_instance(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceHeader:
+    """Check an encoded data set (no file meta) and read its identifiers.
 
-    Raises :class:`ParseError` (a reason safe to send back) when the data set
-    is truncated or malformed, or lacks one of the four UIDs the archive files
-    it under.
+    One pass over the element headers both checks the framing and picks the
+    indexed values (top level only). Raises :class:`ParseError` (a reason
+    safe to send back) when the data set is truncated or malformed, or lacks
+    one of the four UIDs the archive files it under.
     """
-    check_complete(memoryview(part10)[dataset_offset:], transfer_syntax)
-    try:
-        ds = dcmread(
-            BytesIO(part10), stop_before_pixels=True, specific_tags=list(_INDEXED.values())
-        )
-        values = {keyword: _text(ds.get(keyword)) for keyword in _INDEXED}
-    except Exception as exc:  # pydicom raises many types; the message may quote values (PHI)
-        raise ParseError(f"cannot read the data set ({type(exc).__name__})") from exc
+    raw = check_complete(dataset, transfer_syntax)
+    values = _decode(raw)
     for keyword in _REQUIRED:
         _check_uid(keyword, values[keyword])
     return InstanceHeader(
@@ -90,11 +91,63 @@ def read_instance(part10: bytes, dataset_offset: int, transfer_syntax: str) -> I
     )
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
+def file_head(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, source_ae: str
+) -> bytes:
+    """Preamble, ``DICM`` and the file meta of a Part 10 file (before its data set).
+
+    Encoded by hand: pydicom's writer took longer than everything else the
+    SCP does per image except the disk and the index. The source AE title
+    (0002,0016) records which peer sent the instance.
+    """
+    group = b"".join(
+        (
+            struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01",
+            _meta_text(0x0002, "UI", sop_class_uid),
+            _meta_text(0x0003, "UI", sop_instance_uid),
+            _meta_text(0x0010, "UI", transfer_syntax),
+            _meta_text(0x0012, "UI", IMPLEMENTATION_CLASS_UID),
+            _meta_text(0x0013, "SH", IMPLEMENTATION_VERSION_NAME),
+            _meta_text(0x0016, "AE", source_ae),
+        )
+    )
+    length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(group))
+    return b"\x00" * 128 + b"DICM" + length + group
+
+
+def _meta_text(element: int, vr: str, value: str) -> bytes:
+    raw = value.encode("ascii", errors="replace")
+    if len(raw) % 2:
+        raw += b"\x00" if vr == "UI" else b" "
+    return struct.pack("<HH2sH", 0x0002, element, vr.encode(), len(raw)) + raw
+
+
+def _decode(raw: dict[int, bytes]) -> dict[str, str | None]:
+    """The captured values as text: UIDs and codes are ASCII; IDs follow the character set."""
+    charsets = _ascii(raw.get(_INDEXED["SpecificCharacterSet"]))
+    try:
+        encodings = convert_encodings(charsets.split("\\") if charsets else None)
+        values: dict[str, str | None] = {}
+        for keyword, tag in _INDEXED.items():
+            value = raw.get(tag)
+            if keyword in _TEXT:
+                text = decode_bytes(value, encodings, set()) if value is not None else None
+                values[keyword] = _strip(text)
+            else:
+                values[keyword] = _ascii(value)
+    except (LookupError, UnicodeError, ValueError) as exc:
+        raise ParseError(f"cannot decode the data set ({type(exc).__name__})") from exc
+    return values
+
+
+def _ascii(value: bytes | None) -> str | None:
+    return _strip(value.decode("ascii", errors="replace")) if value is not None else None
+
+
+def _strip(text: str | None) -> str | None:
+    if text is None:
         return None
-    text = str(value).strip("\x00 ")
-    return text or None
+    return text.strip("\x00 ") or None
 
 
 def _check_uid(keyword: str, value: str | None) -> None:
@@ -105,18 +158,25 @@ def _check_uid(keyword: str, value: str | None) -> None:
         raise ParseError(f"invalid {keyword}")
 
 
-def check_complete(dataset: memoryview | bytes, transfer_syntax: str) -> None:
-    """Raise :class:`ParseError` unless ``dataset`` is a complete, well-framed data set."""
+def check_complete(dataset: memoryview | bytes, transfer_syntax: str) -> dict[int, bytes]:
+    """Raise :class:`ParseError` unless ``dataset`` is a complete, well-framed data set.
+
+    Returns the raw values of the indexed top-level attributes it met.
+    """
     data = memoryview(dataset)
     uid = UID(transfer_syntax)
     if uid == DeflatedExplicitVRLittleEndian:
         data = memoryview(_inflate(data))
-    explicit = not uid.is_implicit_VR
-    little = uid.is_little_endian
+    captured: dict[int, bytes] = {}
     try:
-        _walk(data, 0, len(data), explicit=explicit, little=little, stop=None)
+        _walk(
+            data, 0, len(data),
+            explicit=not uid.is_implicit_VR, little=uid.is_little_endian,
+            stop=None, capture=captured,
+        )  # fmt: skip
     except struct.error as exc:
         raise ParseError("truncated data set") from exc
+    return captured
 
 
 def _inflate(data: memoryview) -> bytes:
@@ -131,9 +191,19 @@ def _inflate(data: memoryview) -> bytes:
 
 
 def _walk(
-    data: memoryview, pos: int, end: int, *, explicit: bool, little: bool, stop: int | None
+    data: memoryview,
+    pos: int,
+    end: int,
+    *,
+    explicit: bool,
+    little: bool,
+    stop: int | None,
+    capture: dict[int, bytes] | None = None,
 ) -> int:
-    """Skip elements from ``pos``; return the position after ``stop`` (a delimiter) or ``end``."""
+    """Skip elements from ``pos``; return the position after ``stop`` (a delimiter) or ``end``.
+
+    Values of :data:`_INDEXED` tags met at this level go into ``capture``.
+    """
     order = "<" if little else ">"
     while pos < end:
         group, element = struct.unpack_from(order + "HH", data, pos)
@@ -163,6 +233,8 @@ def _walk(
                 little=little or implicit_content,
             )
         else:
+            if capture is not None and tag in _WANTED and pos + length <= end:
+                capture[tag] = bytes(data[pos : pos + length])
             pos += length
     if stop is not None or pos != end:
         raise ParseError("truncated data set")

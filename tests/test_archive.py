@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select
 import engine.archive_tables  # noqa: F401 - registers the archive tables
 from engine.archive import Archive, ChannelPolicy, Stored
 from engine.archive_tables import COMPLETE, RECEIVING, archive_studies
-from engine.dicom_instance import InstanceHeader, read_instance
+from engine.dicom_instance import InstanceHeader, file_head, read_instance
 from engine.errors import ConfigError, ParseError, StoreError
 from engine.store.db import open_engine
 from engine.store.group_commit import GroupCommitter
@@ -73,7 +73,8 @@ def part10(ds: Dataset) -> tuple[bytes, InstanceHeader]:
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     data = buffer.getvalue()
-    return data, read_instance(data, _dataset_offset(data), str(ds.file_meta.TransferSyntaxUID))
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    return data, read_instance(data[_dataset_offset(data) :], syntax)
 
 
 def _dataset_offset(data: bytes) -> int:
@@ -283,7 +284,7 @@ def _read(path: Path, cut: int = 0) -> InstanceHeader:
     if cut:
         data = data[:-cut]
     ts = str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
-    return read_instance(data, _dataset_offset(data), ts)
+    return read_instance(data[_dataset_offset(data) :], ts)
 
 
 @pytest.mark.parametrize(
@@ -316,3 +317,57 @@ def test_uid_that_is_not_a_uid_is_refused() -> None:
     ds.StudyInstanceUID = "../../etc"
     with pytest.raises(ParseError, match="invalid StudyInstanceUID"):
         part10(ds)
+
+
+def test_ids_are_read_in_the_data_set_character_set() -> None:
+    ds = make_ct_instance(str(generate_uid()), str(generate_uid()), accession="Ä1")
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.PatientID = "MÜLLER-7"
+    data, header = part10(ds)
+    assert "MÜLLER-7".encode("latin-1") in data
+    assert (header.patient_id, header.accession_number) == ("MÜLLER-7", "Ä1")
+
+
+def test_an_orphan_file_from_a_crash_is_indexed_when_resent(store: Store) -> None:
+    study = str(generate_uid())
+    data, header = instance(study)
+    path = (
+        store.archive.root / CT.channel / study / header.series_instance_uid
+        / f"{header.sop_instance_uid}.dcm"
+    )  # fmt: skip
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a file")  # written, then the process died before the index commit
+    assert put(store, data, header) is Stored.STORED
+    assert path.read_bytes() == data
+    assert unit(store, study)["instance_count"] == 1
+
+
+@pytest.mark.parametrize(
+    ("duplicates", "outcome"), [("ignore", "duplicate"), ("overwrite", "replaced")]
+)
+def test_a_row_whose_file_went_missing_follows_the_duplicate_policy(
+    store: Store, duplicates: str, outcome: str
+) -> None:
+    policy = ChannelPolicy("ct-ingest", duplicates=duplicates)  # type: ignore[arg-type]
+    study = str(generate_uid())
+    data, header = instance(study)
+    put(store, data, header, policy)
+    found = store.archive.get_instance(policy.channel, header.sop_instance_uid)
+    assert found is not None
+    found.path.unlink()  # the "no file, no row" shortcut meets a row: the slow path decides
+    assert put(store, data, header, policy) == outcome
+    assert found.path.read_bytes() == data
+    assert unit(store, study)["instance_count"] == 1
+
+
+def test_file_head_is_the_file_meta_pydicom_reads() -> None:
+    ds = make_ct_instance(str(generate_uid()), str(generate_uid()))
+    data, header = part10(ds)
+    dataset = data[_dataset_offset(data) :]
+    head = file_head(header.sop_class_uid, header.sop_instance_uid, "1.2.840.10008.1.2.1", "CT1")
+    meta = dcmread(BytesIO(head + dataset)).file_meta
+    assert meta.MediaStorageSOPInstanceUID == header.sop_instance_uid
+    assert meta.MediaStorageSOPClassUID == header.sop_class_uid
+    assert meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"  # odd length: padded with NUL
+    assert meta.SourceApplicationEntityTitle == "CT1"  # odd length: padded with a space
+    assert meta.FileMetaInformationGroupLength == len(head) - 132 - 12

@@ -97,8 +97,7 @@ def store(
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     data = buffer.getvalue()
-    offset = len(data) - len(_dataset_bytes(data))
-    header = read_instance(data, offset, str(ds.file_meta.TransferSyntaxUID))
+    header = read_instance(_dataset_bytes(data), str(ds.file_meta.TransferSyntaxUID))
     archive.store(data, header, calling_aet="CT1", called_aet="CT_IN", policy=policy)
     return header.sop_instance_uid
 
