@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         MemorySourceConfig,
     )
     from connectors.mllp import MLLPSource, MLLPSourceConfig
+    from connectors.kserve import KServeConfig, KServeDestination
     from connectors.prefetch import PrefetchConfig, PrefetchDestination
     from connectors.worklist import WorklistDestination, WorklistDestinationConfig
     from engine.config import DestinationFile
@@ -120,3 +121,28 @@ def prefetch_destination(
     from connectors.prefetch import PrefetchDestination
 
     return PrefetchDestination(config)
+
+
+def kserve_destination(
+    config: KServeConfig, services: Services, spec: DestinationFile, *, channel: str
+) -> KServeDestination:
+    """A model served with the KServe v2 / Triton protocol; results go to ``results_channel``."""
+    from connectors.base import Origin
+    from connectors.kserve import KServeDestination
+    from engine.errors import ConfigError, RecoverableError
+
+    if spec.ai is None:
+        raise ConfigError(f"destination {spec.name}: type kserve needs an 'ai:' block")
+    target = config.results_channel
+    origin = Origin("channel", f"{channel}/{spec.name}", target)
+
+    async def forward(raw: bytes) -> bytes | None:
+        runtime = services.channels.get(target)  # looked up per send: deploy order is free
+        if runtime is None:
+            raise RecoverableError(f"channel {target} is not deployed")
+        reply: bytes | None = await runtime.handle(raw, origin)
+        return reply
+
+    return KServeDestination(
+        config, model_name=spec.ai.model, model_version=spec.ai.version, forward=forward
+    )

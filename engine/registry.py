@@ -59,6 +59,9 @@ DESTINATIONS: dict[str, ConnectorEntry] = {
     "prefetch": ConnectorEntry(
         "connectors.prefetch:PrefetchConfig", "engine.factories:prefetch_destination"
     ),
+    "kserve": ConnectorEntry(
+        "connectors.kserve:KServeConfig", "engine.factories:kserve_destination"
+    ),
 }
 
 
