@@ -22,7 +22,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy engine connectors admin bench
+	$(BIN)/mypy engine connectors admin ainode bench
 
 test: $(STAMP) lint typecheck
 	$(BIN)/meridian check --channels channels

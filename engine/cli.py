@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--port", type=int, default=2575)
     send.add_argument("--timeout", type=float, default=30.0)
     send.set_defaults(func=_send)
+
+    from ainode.cli import add_arguments as add_ai_node_arguments
+
+    add_ai_node_arguments(sub.add_parser("ai-node", help="run the reference AI node (CT head)"))
     return parser
 
 
