@@ -191,6 +191,27 @@ def test_study_is_one_batch_as_sent_and_a_late_instance_a_second(
         assert dcmread(stored).file_meta.SourceApplicationEntityTitle == "MODALITY1"
 
 
+def test_a_study_sent_over_parallel_associations_is_one_batch(
+    ingest: Ingest, tmp_path: Path
+) -> None:
+    study = write_study(tmp_path / "in", series=3, per_series=4)
+    per_series = [study.paths[i : i + 4] for i in range(0, 12, 4)]
+    handler = Collector()
+
+    async def body() -> None:
+        source = ingest.source()
+        await source.start(handler)
+        sent = await asyncio.gather(*(storescu(ingest.port, *paths) for paths in per_series))
+        assert [result.returncode for result in sent] == [0, 0, 0]
+        await until(lambda: len(handler.batches) == 1)
+        await asyncio.sleep(2 * QUIET)
+        await source.stop()
+
+    run(body)
+    [batch] = handler.batches
+    assert sorted(i.sop_instance_uid for i in batch.instances) == sorted(study.sop_uids)
+
+
 @pytest.mark.skipif(shutil.which("dcmcrle") is None, reason="dcmtk codecs not installed")
 def test_compressed_instances_are_stored_as_received(ingest: Ingest, tmp_path: Path) -> None:
     study = write_study(tmp_path / "in", series=1, per_series=3, rows=64, columns=64)
