@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from connectors.dicom_mwl import DicomListenerConfig
 from engine.ai_result import AIMode
 from engine.normalize_config import NormalizeConfig
+from engine.reading_config import ReadingWorklistConfig
 from engine.transform import TransformConfig
 
 __all__ = [
@@ -161,6 +162,10 @@ class HubSettings(_Strict):
     dicom: DicomListenerConfig = Field(default_factory=DicomListenerConfig)
     uid_root: str = Field(default="1.2.826.0.1.3680043.8.498.", pattern=r"^[0-9.]{2,40}\.$")
     pipeline_threads: int = Field(default=8, ge=1, le=64)
+    # One reading worklist for the hub: several channels write it and must agree.
+    reading_worklist: ReadingWorklistConfig = Field(default_factory=ReadingWorklistConfig)
+    ai_timeout_check_seconds: float = Field(default=5, gt=0)
+    reprioritize_seconds: float = Field(default=60, gt=0)
 
     def resolved_transforms_dir(self) -> Path:
         """The transforms folder in effect."""

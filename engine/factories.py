@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from connectors.dicom_send import DicomSendConfig, DicomSendDestination
     from connectors.dicom_store import DicomSource, DicomSourceConfig
     from connectors.dicomweb import DicomWebConfig, DicomWebDestination
+    from connectors.kserve import KServeConfig, KServeDestination
     from connectors.memory import (
         MemoryDestination,
         MemoryDestinationConfig,
@@ -19,8 +20,11 @@ if TYPE_CHECKING:
         MemorySourceConfig,
     )
     from connectors.mllp import MLLPSource, MLLPSourceConfig
-    from connectors.kserve import KServeConfig, KServeDestination
     from connectors.prefetch import PrefetchConfig, PrefetchDestination
+    from connectors.reading_worklist import (
+        ReadingWorklistDestination,
+        ReadingWorklistDestinationConfig,
+    )
     from connectors.worklist import WorklistDestination, WorklistDestinationConfig
     from engine.config import DestinationFile
     from engine.services import Services
@@ -145,4 +149,24 @@ def kserve_destination(
 
     return KServeDestination(
         config, model_name=spec.ai.model, model_version=spec.ai.version, forward=forward
+    )
+
+
+def reading_worklist_destination(
+    config: ReadingWorklistDestinationConfig,
+    services: Services,
+    spec: DestinationFile,
+    *,
+    channel: str,
+) -> ReadingWorklistDestination:
+    """The radiologists' reading worklist: completed studies or AI results."""
+    from connectors.reading_worklist import ReadingWorklistDestination
+
+    return ReadingWorklistDestination(
+        config,
+        reading_worklist=services.reading_worklist,
+        worklist_store=services.worklist,
+        models=services.ai_models,
+        channel=channel,
+        destination=spec.name,
     )

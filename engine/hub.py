@@ -14,12 +14,14 @@ from connectors.dicom_mwl import MWLServer
 from connectors.dicom_store import StorageService
 from connectors.mllp import MLLPSource
 from engine import registry
+from engine.ai_timeouts import AITimeoutMonitor
 from engine.archive import Archive
 from engine.config import Channel, HubSettings
 from engine.datatypes import datatype_for
 from engine.deid import Deidentifier
 from engine.pipeline import ChannelRuntime
 from engine.queue import DestinationWorker
+from engine.reading_worklist import ReadingWorklist, Reprioritizer
 from engine.services import Services
 from engine.store.db import open_engine
 from engine.store.group_commit import GroupCommitter
@@ -44,6 +46,7 @@ class Hub:
         self._committer: GroupCommitter | None = None
         self._pool: ThreadPoolExecutor | None = None
         self.services: Services | None = None
+        self._periodic: list[AITimeoutMonitor | Reprioritizer] = []
 
     async def start(self) -> None:
         """Open the store, deploy every enabled channel, start the DICOM listener."""
@@ -70,6 +73,7 @@ class Hub:
             archive=archive,
             storage=storage,
             deid=Deidentifier(self._engine),
+            reading_worklist=ReadingWorklist(self._engine, settings.reading_worklist),
         )
         self._pool = ThreadPoolExecutor(settings.pipeline_threads, thread_name_prefix="pipeline")
         self.services.ai_models.update(
@@ -78,6 +82,7 @@ class Hub:
         for channel in self.channels:
             await self._deploy(channel, self.services, self._pool)
         await asyncio.to_thread(self.mwl.start)
+        self._start_periodic(self.services)
         assert self.mwl is not None
         log.info(
             "hub started: %d channel(s), DICOM AE %s on port %d, store %s",
@@ -86,6 +91,23 @@ class Hub:
             self.mwl.bound_port,
             self._engine.dialect.name,
         )
+
+    def _start_periodic(self, services: Services) -> None:
+        """AI timeouts and reading-worklist aging: background checks, never in a hot path."""
+        settings = self.settings
+        self._periodic = [
+            AITimeoutMonitor(
+                services.engine,
+                services.committer,
+                services.ai_models,
+                settings.ai_timeout_check_seconds,
+            ),
+            Reprioritizer(
+                services.reading_worklist, services.committer, settings.reprioritize_seconds
+            ),
+        ]
+        for job in self._periodic:
+            job.start()
 
     async def _deploy(self, channel: Channel, services: Services, pool: ThreadPoolExecutor) -> None:
         runtime = ChannelRuntime(channel, services, pool, datatype_for(channel, services))
@@ -100,6 +122,7 @@ class Hub:
                     destination.connector, services, destination.spec, channel=channel.name
                 ),
                 retry=destination.spec.retry,
+                ai=destination.spec.ai,
                 engine=services.engine,
                 committer=services.committer,
             )
@@ -126,6 +149,8 @@ class Hub:
         for runtime in self.runtimes.values():
             for worker in runtime.workers:
                 await worker.stop()
+        for job in self._periodic:
+            await job.stop()
         if self.mwl is not None:
             await asyncio.to_thread(self.mwl.stop)
         if self._pool is not None:

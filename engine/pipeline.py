@@ -17,14 +17,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Connection
+
 from connectors.base import Origin
+from engine.audit import AuditEvent, routed_event
+from engine.audit import record as record_audit
 from engine.config import Channel, ChannelDestination, FilterRule
 from engine.datatypes.base import DataType, Outcome, ReadMessage, Reply
 from engine.errors import EngineError, FilterError, MessageError, RejectedError, TransformError
 from engine.queue import DestinationWorker
 from engine.services import Services
 from engine.states import MessageStatus, check_transition
-from engine.store.messages import InboundRecord, QueueItem, insert_inbound
+from engine.store.messages import InboundRecord, InsertResult, QueueItem, insert_inbound
 from engine.transform import Transformer
 
 __all__ = ["ChannelRuntime", "CompiledFilter"]
@@ -171,6 +175,24 @@ class ChannelRuntime:
                     items.append(QueueItem(step.name, payload))
         return items
 
+    def _routed(self, record: InboundRecord, message: ReadMessage | None) -> list[AuditEvent]:
+        """Audit events naming the rules that sent a study to each destination."""
+        study_uid = getattr(message.native, "study_instance_uid", None) if message else None
+        if not study_uid:
+            return []  # the audit trail follows studies; orders are in the message store
+        sent = {item.destination for item in record.queue}
+        return [
+            routed_event(
+                channel=self.name,
+                destination=step.name,
+                rules=[f.name for f in step.filters],
+                study_instance_uid=study_uid,
+                accession_number=record.accession,
+            )
+            for step in self._steps
+            if step.name in sent
+        ]
+
     def _store_unreadable(
         self, raw: bytes, origin: Origin, reason: str, error_code: str
     ) -> bytes | None:
@@ -187,8 +209,11 @@ class ChannelRuntime:
     ) -> bytes | None:
         accepted = record.status in (MessageStatus.QUEUED, MessageStatus.FILTERED)
         dedup = self._duplicate_control and accepted
+        op = _with_audit(
+            insert_inbound(record, duplicate_control=dedup), self._routed(record, message)
+        )
         try:
-            result = self._services.committer.run(insert_inbound(record, duplicate_control=dedup))
+            result = self._services.committer.run(op)
         except EngineError as exc:
             log.error("%s: could not store a message: %s", self.name, exc)
             raw = record.raw.encode("utf-8", errors="replace")
@@ -200,3 +225,16 @@ class ChannelRuntime:
             for worker in self.workers:
                 worker.notify()
         return reply.data
+
+
+def _with_audit(op: Callable[[Connection], InsertResult], events: list[AuditEvent]) -> Any:
+    """``op`` plus its audit events, in one transaction (none for a duplicate)."""
+
+    def run(conn: Connection) -> InsertResult:
+        result = op(conn)
+        if not result.duplicate:
+            for event in events:
+                record_audit(conn, event)
+        return result
+
+    return run

@@ -20,7 +20,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from connectors.base import Delivery, Destination, TransactionalDestination
-from engine.config import RetryPolicy
+from engine.audit import AuditEvent, ai_requested_event
+from engine.audit import record as record_audit
+from engine.config import AIModelConfig, RetryPolicy
 from engine.errors import EngineError, RecoverableError, StoreError
 from engine.store.group_commit import GroupCommitter
 from engine.store.messages import (
@@ -59,12 +61,14 @@ class DestinationWorker:
         connector: Destination | TransactionalDestination,
         retry: RetryPolicy,
         engine: Engine,
+        ai: AIModelConfig | None = None,
         committer: GroupCommitter,
     ) -> None:
         self.channel = channel
         self.destination = destination
         self._connector = connector
         self._retry = retry
+        self._ai = ai
         self._engine = engine
         self._committer = committer
         self._wake = asyncio.Event()
@@ -134,7 +138,9 @@ class DestinationWorker:
         prepared = await asyncio.to_thread(_prepare_all, connector, entries)
         ready: list[tuple[QueueEntry, Any]] = []
         for entry, outcome in zip(entries, prepared, strict=True):
-            if isinstance(outcome, EngineError):
+            if isinstance(outcome, RecoverableError | StoreError):
+                await self._schedule_retry(entry, outcome)
+            elif isinstance(outcome, EngineError):
                 await self._fail(entry, outcome)
             else:
                 ready.append((entry, outcome))
@@ -164,7 +170,20 @@ class DestinationWorker:
             except EngineError as exc:
                 await self._fail(entry, exc)
                 continue
-            await self._committer.run_async(_sent_op(entry, delivery))
+            event = await self._ai_requested(entry)
+            await self._committer.run_async(_sent_op(entry, delivery, event))
+
+    async def _ai_requested(self, entry: QueueEntry) -> AuditEvent | None:
+        """The audit of an AI model being asked about a study (None: not an AI)."""
+        if self._ai is None:
+            return None
+        return await asyncio.to_thread(
+            ai_requested_event,
+            entry.payload,
+            channel=self.channel,
+            destination=self.destination,
+            ai=self._ai,
+        )
 
     async def _schedule_retry(self, entry: QueueEntry, exc: Exception) -> None:
         attempts = entry.attempts + 1
@@ -221,8 +240,12 @@ def _apply_op(
     return op
 
 
-def _sent_op(entry: QueueEntry, delivery: Delivery) -> Callable[[Connection], None]:
+def _sent_op(
+    entry: QueueEntry, delivery: Delivery, event: AuditEvent | None
+) -> Callable[[Connection], None]:
     def op(conn: Connection) -> None:
         mark_sent(conn, entry, delivery.response)
+        if event is not None:
+            record_audit(conn, event)
 
     return op

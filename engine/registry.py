@@ -59,6 +59,10 @@ DESTINATIONS: dict[str, ConnectorEntry] = {
     "prefetch": ConnectorEntry(
         "connectors.prefetch:PrefetchConfig", "engine.factories:prefetch_destination"
     ),
+    "reading-worklist": ConnectorEntry(
+        "connectors.reading_worklist:ReadingWorklistDestinationConfig",
+        "engine.factories:reading_worklist_destination",
+    ),
     "kserve": ConnectorEntry(
         "connectors.kserve:KServeConfig", "engine.factories:kserve_destination"
     ),

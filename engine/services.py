@@ -11,6 +11,7 @@ from connectors.dicom_store import StorageService
 from engine.archive import Archive
 from engine.config import AIModelConfig, HubSettings
 from engine.deid import Deidentifier
+from engine.reading_worklist import ReadingWorklist
 from engine.store.group_commit import GroupCommitter
 from engine.templating import TemplateEnvironment
 from engine.worklist import WorklistStore
@@ -30,6 +31,7 @@ class Services:
     archive: Archive
     storage: StorageService
     deid: Deidentifier
+    reading_worklist: ReadingWorklist
     #: Deployed channels by name (filled by the hub), for ``type: channel`` forwarding.
     channels: dict[str, Any] = field(default_factory=dict)
     #: AI models by name (from every destination's ``ai:`` block), for their modes.

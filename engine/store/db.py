@@ -22,6 +22,11 @@ def is_sqlite(engine: Engine) -> bool:
 def open_engine(url: str, *, create_schema: bool = True) -> Engine:
     """Create the SQLAlchemy engine for ``url`` and (by default) the tables."""
     # Importing the modules that own tables registers them on the shared metadata.
+    import engine.ai_timeouts
+    import engine.archive_tables
+    import engine.audit
+    import engine.deid_tables
+    import engine.reading_tables
     import engine.store.tables
     import engine.worklist  # noqa: F401
 
