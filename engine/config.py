@@ -60,9 +60,15 @@ class FilterRule(_Strict):
 class InboundConfig(_Strict):
     """How the channel reads what its source receives."""
 
-    data_type: Literal["hl7v2", "dicom-study"] = Field(
+    data_type: Literal["hl7v2", "dicom-study", "ai-results"] = Field(
         default="hl7v2",
-        description="hl7v2: HL7 v2 messages; dicom-study: studies assembled by a dicom source",
+        description="hl7v2: HL7 v2 messages; dicom-study: studies assembled by a dicom source; "
+        "ai-results: DICOM AI results (study batches) and AIResult JSON",
+    )
+    reidentify_scopes: list[str] = Field(
+        default_factory=list,
+        description="ai-results: '<channel>/<destination>' of the de-identifying (external) "
+        "destinations whose AI answers here; their results are mapped back to the real patient",
     )
     default_charset: str = Field(
         default="UNICODE UTF-8", description="HL7 table 0211 name used when MSH-18 is empty"

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from connectors.dicom_send import DicomSendConfig, DicomSendDestination
     from connectors.dicom_store import DicomSource, DicomSourceConfig
     from connectors.dicomweb import DicomWebConfig, DicomWebDestination
+    from connectors.http_source import HttpSource, HttpSourceConfig
     from connectors.kserve import KServeConfig, KServeDestination
     from connectors.memory import (
         MemoryDestination,
@@ -170,3 +171,10 @@ def reading_worklist_destination(
         channel=channel,
         destination=spec.name,
     )
+
+
+def http_source(config: HttpSourceConfig, services: Services, *, channel: str) -> HttpSource:
+    """AI results POSTed as JSON (callbacks)."""
+    from connectors.http_source import HttpSource
+
+    return HttpSource(config)

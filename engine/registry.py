@@ -38,6 +38,9 @@ SOURCES: dict[str, ConnectorEntry] = {
     "dicom": ConnectorEntry(
         "connectors.dicom_store:DicomSourceConfig", "engine.factories:dicom_source"
     ),
+    "http": ConnectorEntry(
+        "connectors.http_source:HttpSourceConfig", "engine.factories:http_source"
+    ),
 }
 
 DESTINATIONS: dict[str, ConnectorEntry] = {

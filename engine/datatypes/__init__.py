@@ -16,6 +16,8 @@ def datatype_for(channel: Channel, services: Services) -> DataType:
     """The data type a channel's ``inbound.data_type`` names."""
     if channel.file.inbound.data_type == "dicom-study":
         return _study_datatype(channel, services)
+    if channel.file.inbound.data_type == "ai-results":
+        return _ai_results_datatype(channel, services)
     from engine.datatypes.hl7v2 import HL7v2DataType
 
     return HL7v2DataType(channel.name, channel.file.inbound)
@@ -31,3 +33,14 @@ def _study_datatype(channel: Channel, services: Services) -> DataType:
     )
     normalized_root = services.settings.data_dir.resolve() / "normalized" / channel.name
     return StudyDataType(channel.name, normalizer, normalized_root)
+
+
+def _ai_results_datatype(channel: Channel, services: Services) -> DataType:
+    from engine.datatypes.ai_results import AIResultsDataType
+
+    return AIResultsDataType(
+        channel.name,
+        deid=services.deid,
+        reidentify_scopes=channel.file.inbound.reidentify_scopes,
+        output_root=services.settings.data_dir.resolve() / "ai-results" / channel.name,
+    )
