@@ -87,8 +87,12 @@ DEFAULT_TIMEOUT_SECONDS = 600.0
 
 _R = audit_events.alias("request")
 _LATER = audit_events.alias("later")
-# Answered: a result or timeout of the same study and model at or after the
-# request, or a newer request (which supersedes it: one wait per study and model).
+# A request is a "routed" event naming a model (the hub decided to ask it: the
+# wait starts even if the AI is down and nothing could be sent) or an
+# "ai_requested" one (it was sent). Answered: a result or timeout of the same
+# study and model at or after the request, or a newer request (which supersedes
+# it: one wait per study and model).
+_REQUEST_KINDS = ("routed", "ai_requested")
 _ANSWERED = (
     select(_LATER.c.id)
     .where(
@@ -96,7 +100,7 @@ _ANSWERED = (
         _LATER.c.model == _R.c.model,
         or_(
             and_(_LATER.c.kind.in_(("ai_result", "ai_timeout")), _LATER.c.at >= _R.c.at),
-            and_(_LATER.c.kind == "ai_requested", _LATER.c.id > _R.c.id),
+            and_(_LATER.c.kind.in_(_REQUEST_KINDS), _LATER.c.id > _R.c.id),
         ),
     )
     .exists()
@@ -148,7 +152,7 @@ def overdue(
     statement = (
         select(_R)
         .where(
-            _R.c.kind == "ai_requested",
+            _R.c.kind.in_(_REQUEST_KINDS),
             _R.c.study_instance_uid.is_not(None),
             _R.c.model.is_not(None),
             _R.c.at >= now - lookback,

@@ -199,10 +199,13 @@ def routed_event(
     study_instance_uid: str | None,
     accession_number: str | None = None,
     at: datetime | None = None,
+    ai: AIModelConfig | None = None,
 ) -> AuditEvent:
     """A ``routed`` event: the message went to ``destination`` because ``rules`` passed.
 
     ``rules`` are the destination's filter names (empty: it takes everything).
+    For an AI destination, ``ai`` names the model: the wait for its result
+    starts here (see engine.ai_timeouts), even if the AI turns out to be down.
     """
     return AuditEvent(
         kind="routed",
@@ -212,6 +215,8 @@ def routed_event(
         channel=channel,
         destination=destination,
         rule=(", ".join(rules) or "(no filter)")[:200],
+        model=ai.model if ai else None,
+        model_version=ai.version if ai else None,
     )
 
 

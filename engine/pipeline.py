@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 from connectors.base import Origin
 from engine.audit import AuditEvent, routed_event
 from engine.audit import record as record_audit
-from engine.config import Channel, ChannelDestination, FilterRule
+from engine.config import AIModelConfig, Channel, ChannelDestination, FilterRule
 from engine.datatypes.base import DataType, Outcome, ReadMessage, Reply
 from engine.errors import EngineError, FilterError, MessageError, RejectedError, TransformError
 from engine.queue import DestinationWorker
@@ -59,6 +59,7 @@ class _DestinationStep:
     name: str
     filters: list[CompiledFilter]
     transformer: Transformer | None
+    ai: AIModelConfig | None = None
 
 
 class ChannelRuntime:
@@ -98,7 +99,8 @@ class ChannelRuntime:
         transformer = (
             Transformer(spec.transform, self._services.templates) if spec.transform else None
         )
-        return _DestinationStep(spec.name, [self._compile(r) for r in spec.filters], transformer)
+        filters = [self._compile(rule) for rule in spec.filters]
+        return _DestinationStep(spec.name, filters, transformer, spec.ai)
 
     async def handle(self, raw: bytes, origin: Origin) -> bytes | None:
         """The source's handler: process and store ``raw``, then return the reply."""
@@ -188,6 +190,7 @@ class ChannelRuntime:
                 rules=[f.name for f in step.filters],
                 study_instance_uid=study_uid,
                 accession_number=record.accession,
+                ai=step.ai,
             )
             for step in self._steps
             if step.name in sent

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -77,8 +78,10 @@ class AIResultsDataType:
         deid: Deidentifier | None,
         reidentify_scopes: list[str],
         output_root: Path,
+        modes: Mapping[str, str] | None = None,
     ) -> None:
         self._channel = channel
+        self._modes = dict(modes or {})
         self._reidentifier = Reidentifier(deid, reidentify_scopes)
         self._output_root = output_root
 
@@ -88,10 +91,18 @@ class AIResultsDataType:
         """A StudyBatch or an AIResult (re-identified); anything else is a ParseError."""
         document = _document(raw)
         if "instances" in document:
-            return self._read_batch(raw, _validate(StudyBatch, raw, "study batch"), origin)
-        if "model" in document or "findings" in document:
-            return self._read_result(raw, _validate(AIResult, raw, "AI result"), origin)
-        raise ParseError("neither a study batch ('instances') nor an AI result ('model')")
+            message = self._read_batch(raw, _validate(StudyBatch, raw, "study batch"), origin)
+        elif "model" in document or "findings" in document:
+            message = self._read_result(raw, _validate(AIResult, raw, "AI result"), origin)
+        else:
+            raise ParseError("neither a study batch ('instances') nor an AI result ('model')")
+        message.context["mode"] = self._mode(message.context["results"])
+        return message
+
+    def _mode(self, results: list[dict[str, Any]]) -> str:
+        """The most far-reaching mode among the answering models (unknown models: shadow)."""
+        modes = {self._modes.get(str(result.get("model")), "shadow") for result in results}
+        return next((m for m in ("assistant", "triage") if m in modes), "shadow")
 
     def _read_batch(self, raw: bytes, batch: StudyBatch, origin: Origin) -> ReadMessage:
         datasets = [(ref, self._reidentifier.dataset(_load(ref))) for ref in batch.instances]
