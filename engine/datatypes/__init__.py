@@ -43,4 +43,5 @@ def _ai_results_datatype(channel: Channel, services: Services) -> DataType:
         deid=services.deid,
         reidentify_scopes=channel.file.inbound.reidentify_scopes,
         output_root=services.settings.data_dir.resolve() / "ai-results" / channel.name,
+        modes={name: model.mode for name, model in services.ai_models.items()},
     )
