@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/meridian serve --channels channels --data var
+	$(BIN)/meridian serve --config meridian.yaml --channels channels --data var
 
 check: $(STAMP)
 	$(BIN)/meridian check --channels channels

@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.config import Channel, HubSettings
+from engine.config import Channel, HubSettings, load_settings_file, validate_settings
 from engine.errors import ConfigError, EngineError
 
 __all__ = ["main"]
@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the hub in the foreground")
     _add_location_args(serve)
-    serve.add_argument("--data", type=Path, default=Path("var"), help="data folder (default ./var)")
+    serve.add_argument("--data", type=Path, default=None, help="data folder (default ./var)")
     serve.add_argument("--db", default=None, help="store URL (default: SQLite under --data)")
     serve.add_argument("--dicom-port", type=int, default=None, help="DICOM listener port (11112)")
     serve.add_argument("--dicom-aet", default=None, help="hub AE title (MERIDIAN)")
@@ -64,12 +64,18 @@ def _parser() -> argparse.ArgumentParser:
     send.set_defaults(func=_send)
 
     from ainode.cli import add_arguments as add_ai_node_arguments
+    from engine.cli_reports import add_report_commands
+
+    add_report_commands(sub)
 
     add_ai_node_arguments(sub.add_parser("ai-node", help="run the reference AI node (CT head)"))
     return parser
 
 
 def _add_location_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=None, help="hub settings file (see meridian.yaml)"
+    )
     parser.add_argument("--channels", type=Path, default=Path("channels"), help="channels folder")
     parser.add_argument(
         "--transforms", type=Path, default=None, help="templates folder (default: ../transforms)"
@@ -77,17 +83,22 @@ def _add_location_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> HubSettings:
-    values: dict[str, object] = {"channels_dir": args.channels, "transforms_dir": args.transforms}
+    values = load_settings_file(args.config)
+    values.update(channels_dir=args.channels, transforms_dir=args.transforms)
     if hasattr(args, "data"):
-        values.update(data_dir=args.data, db_url=args.db)
-        dicom: dict[str, object] = {}
+        # Command-line options win over the settings file.
+        if args.data is not None:
+            values["data_dir"] = args.data
+        if args.db is not None:
+            values["db_url"] = args.db
+        dicom: dict[str, object] = dict(values.get("dicom") or {})
         if args.dicom_port is not None:
             dicom["port"] = args.dicom_port
         if args.dicom_aet is not None:
             dicom["ae_title"] = args.dicom_aet
         if dicom:
             values["dicom"] = dicom
-    return HubSettings.model_validate(values)
+    return validate_settings(values, str(args.config or "settings"))
 
 
 def _check(args: argparse.Namespace) -> int:

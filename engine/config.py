@@ -156,6 +156,36 @@ class Channel(BaseModel):
         return self.file.name
 
 
+def load_settings_file(path: Path | None) -> dict[str, Any]:
+    """The raw settings of a hub settings file (``--config``); {} without one."""
+    if path is None:
+        return {}
+    from engine.errors import ConfigError
+    from engine.yaml_lines import load_located
+
+    try:
+        located = load_located(path.read_text(encoding="utf-8"), str(path))
+    except OSError as exc:
+        raise ConfigError(f"cannot read settings file {path}: {exc.strerror}") from exc
+    if not isinstance(located.data, dict):
+        raise ConfigError(f"{path}: a settings file must be a YAML mapping")
+    return dict(located.data)
+
+
+def validate_settings(values: dict[str, Any], source: str = "settings") -> HubSettings:
+    """HubSettings from raw values; an invalid one is a ConfigError naming the field."""
+    from pydantic import ValidationError
+
+    from engine.errors import ConfigError
+
+    try:
+        return HubSettings.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False)[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"{source}: {field}: {first['msg']}") from exc
+
+
 class HubSettings(_Strict):
     """Settings of one hub process (``meridian serve``)."""
 

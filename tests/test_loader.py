@@ -147,3 +147,23 @@ def test_meridian_check_passes_on_the_shipped_channels() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_shipped_hub_settings_file_is_valid() -> None:
+    from engine.config import HubSettings, load_settings_file
+
+    settings = HubSettings.model_validate(load_settings_file(REPO / "meridian.yaml"))
+    assert settings.reading_worklist.subspecialties["CT:HEAD"] == "neuro"
+    assert [r.name for r in settings.reading_worklist.radiologists][:1] == ["dr.neuro"]
+
+
+def test_settings_file_with_an_unknown_key_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "meridian.yaml"
+    bad.write_text("dicom:\n  ae_titel: X\n")
+    meridian = Path(sys.executable).parent / "meridian"
+    result = subprocess.run(
+        [str(meridian), "check", "--config", str(bad), "--channels", str(REPO / "channels")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "dicom.ae_titel" in result.stderr and "Traceback" not in result.stderr
