@@ -35,6 +35,7 @@ from sqlalchemy import (
     RowMapping,
     String,
     Table,
+    Text,
 )
 
 from engine.ai_result import AIResult
@@ -74,6 +75,8 @@ reading_items = Table(
     Column("ai_critical", Boolean, nullable=False),
     Column("ai_score", Float),
     Column("ai_findings", JSON, nullable=False),
+    # Assistant-mode models draft the report's preliminary findings text.
+    Column("report_draft", Text, nullable=True),
     Column("priority_score", Float, nullable=False),
     Column("sla_due_at", DateTime(timezone=True)),
     Column("status", String(16), nullable=False),
@@ -116,6 +119,7 @@ class ReadingItem:
     status: ReadingStatus
     assigned_to: str | None
     updated_at: datetime
+    report_draft: str | None = None
 
     @classmethod
     def from_row(cls, row: RowMapping) -> ReadingItem:
@@ -139,6 +143,7 @@ class ReadingItem:
             status=row["status"],
             assigned_to=row["assigned_to"],
             updated_at=utc(row["updated_at"]),
+            report_draft=row["report_draft"],
         )
 
 
@@ -176,3 +181,18 @@ def summary_flags(summary: dict[str, Any]) -> tuple[bool, float | None]:
     critical = any(bool(entry.get("critical")) for entry in summary.values())
     scores = [entry["score"] for entry in summary.values() if entry.get("score") is not None]
     return critical, (max(scores) if scores else None)
+
+
+def draft_report(model: str, entry: dict[str, Any]) -> str:
+    """The preliminary findings text an assistant-mode model drafts (never final)."""
+    lines = [
+        "PRELIMINARY - drafted from AI results, not yet reviewed by a radiologist.",
+        f"{model} {entry['version']} ({entry['produced_at'][:16].replace('T', ' ')} UTC):",
+    ]
+    findings = entry.get("findings") or []
+    if not findings:
+        lines.append("- No finding reported.")
+    for finding in findings:
+        flag = ", CRITICAL" if finding.get("critical") else ""
+        lines.append(f"- {finding['label']}: score {finding['score']:.2f}{flag}")
+    return "\n".join(lines)

@@ -38,6 +38,7 @@ from engine.reading_tables import (
     OPEN_STATUSES,
     ReadingItem,
     ReadingStatus,
+    draft_report,
     merge_result,
     reading_items,
     summary_flags,
@@ -170,6 +171,8 @@ class ReadingWorklist:
             "ai_score": score,
             "updated_at": now,
         }
+        if mode == "assistant":
+            values["report_draft"] = draft_report(result.model, summary[result.model])
         if row["status"] != "PENDING":
             values["priority_score"] = self._score(row, critical, score, now)
         _write(conn, update(_T).where(_T.c.id == row["id"]).values(**values))

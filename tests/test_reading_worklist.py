@@ -273,6 +273,19 @@ def test_shadow_result_leaves_the_worklist_untouched(worklist: ReadingWorklist, 
     assert worklist.item("9.9") is None
 
 
+def test_assistant_mode_drafts_the_report_and_triage_does_not(
+    worklist: ReadingWorklist, db: Engine
+) -> None:
+    add(worklist, db, study("1.1"), "ROUTINE", T0)
+    add(worklist, db, study("1.2"), "ROUTINE", T0)
+    write(db, lambda conn: worklist.apply_result(conn, result("1.1", critical=True), "triage", T0))
+    write(db, lambda c: worklist.apply_result(c, result("1.2", critical=True), "assistant", T0))
+    assert worklist.item("1.1").report_draft is None  # type: ignore[union-attr]
+    draft = worklist.item("1.2").report_draft  # type: ignore[union-attr]
+    assert draft is not None and draft.startswith("PRELIMINARY")
+    assert "CRITICAL" in draft
+
+
 @pytest.mark.parametrize("mode", ["triage", "assistant"])
 def test_critical_result_puts_the_study_at_the_top(
     worklist: ReadingWorklist, db: Engine, mode: Any
