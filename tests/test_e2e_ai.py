@@ -42,11 +42,11 @@ class Site:
     ai_node: subprocess.Popen[bytes] | None
     workdir: Path
 
-    def start_ai_node(self) -> None:
+    def start_ai_node(self, delay_seconds: float = 0) -> None:
         self.ai_node = subprocess.Popen(
             [MERIDIAN, "ai-node", "--port", str(self.ai_port), "--bind", "127.0.0.1",
              "--results-port", str(self.hub.dicom_port), "--results-ae", "MERIDIAN_AI",
-             "--quiet-seconds", "1"],
+             "--quiet-seconds", "1", "--delay-seconds", str(delay_seconds)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_for_port(self.ai_port)
@@ -197,3 +197,23 @@ def test_ai_down_records_a_timeout_and_an_alert_and_the_worklist_does_not_wait(
         site, "SELECT 1 FROM reading_items WHERE study_instance_uid=? AND ai_critical", uid))), (
         "once the AI is back the queued study is analysed after all"
     )
+
+
+def test_slow_ai_times_out_then_its_late_result_still_counts(site: Site, tmp_path: Path) -> None:
+    site.stop_ai_node()
+    site.start_ai_node(delay_seconds=8)  # the model's timeout is 4 s
+    try:
+        order(site, "ACCSLOW1", "R")
+        uid, paths = head_study(tmp_path / "slow", "ACCSLOW1", blob=True)
+        storescu(site, paths)
+        assert wait_for(lambda: bool(rows(
+            site, "SELECT 1 FROM audit_events WHERE kind='ai_timeout' AND study_instance_uid=?",
+            uid)))  # fmt: skip
+        (critical,) = rows(site, "SELECT ai_critical FROM reading_items"
+                                 " WHERE study_instance_uid=?", uid)[0]  # fmt: skip
+        assert critical == 0, "the worklist does not wait for a slow AI"
+        assert wait_for(lambda: bool(rows(
+            site, "SELECT 1 FROM reading_items WHERE study_instance_uid=? AND ai_critical", uid)))
+    finally:
+        site.stop_ai_node()
+        site.start_ai_node()
