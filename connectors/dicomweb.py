@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import io
-import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 from pydicom import dcmread
 
 from connectors.base import Delivery
 from connectors.dicom_send import PrepareInstance
+from connectors.http_common import BasicAuth, BearerAuth, HttpTarget, NoAuth, async_client
 from engine.errors import EngineError, PermanentError, RecoverableError
 from engine.study_batch import InstanceRef, StudyBatch
 
@@ -54,61 +54,10 @@ _RETRYABLE_STATUSES = {408, 429}
 _LISTED_FAILURES = 5
 
 
-class NoAuth(BaseModel):
-    """No authentication."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["none"] = "none"
-
-
-class BasicAuth(BaseModel):
-    """HTTP basic authentication."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["basic"]
-    username: str = Field(min_length=1)
-    password: SecretStr
-
-
-class BearerAuth(BaseModel):
-    """A bearer token (``Authorization: Bearer ...``)."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["bearer"]
-    token: SecretStr
-
-
-Auth = Annotated[NoAuth | BasicAuth | BearerAuth, Field(discriminator="type")]
-
-
-class DicomWebConfig(BaseModel):
-    """A STOW-RS destination (``type: dicomweb``)."""
-
-    model_config = ConfigDict(extra="forbid")
+class DicomWebConfig(HttpTarget):
+    """A STOW-RS destination (``type: dicomweb``); instances go to ``{url}/studies``."""
 
     type: Literal["dicomweb"]
-    url: str = Field(description="DICOMweb root; instances go to {url}/studies")
-    auth: Auth = Field(default_factory=NoAuth)
-    timeout_seconds: float = Field(default=120, gt=0, description="connect, read, write")
-    verify_tls: bool | Path = Field(
-        default=True, description="verify the server certificate; a path names a CA bundle"
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        url = httpx.URL(value)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("an http:// or https:// URL with a host")
-        return value.rstrip("/")
-
-    @field_validator("verify_tls")
-    @classmethod
-    def _ca_bundle_exists(cls, value: bool | Path) -> bool | Path:
-        if isinstance(value, Path) and not value.is_file():
-            raise ValueError(f"CA bundle {value} is not a file")
-        return value
-
 
 class StowResult(BaseModel):
     """What a STOW-RS response says, PHI-free."""
@@ -135,7 +84,6 @@ class DicomWebDestination:
         headers = {
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             "Accept": "application/dicom+json",
-            **self._auth_headers(),
         }
         parts = _parts(batch.instances, boundary.encode("ascii"), self._encode)
         try:
@@ -155,26 +103,7 @@ class DicomWebDestination:
         """Nothing held between sends (each batch uses its own client)."""
 
     def _client(self) -> httpx.AsyncClient:
-        verify_tls = self.config.verify_tls
-        verify: bool | ssl.SSLContext = (
-            ssl.create_default_context(cafile=str(verify_tls))
-            if isinstance(verify_tls, Path)
-            else verify_tls
-        )
-        auth = self.config.auth
-        basic = (
-            httpx.BasicAuth(auth.username, auth.password.get_secret_value())
-            if isinstance(auth, BasicAuth)
-            else None
-        )
-        timeout = httpx.Timeout(self.config.timeout_seconds)
-        return httpx.AsyncClient(auth=basic, verify=verify, timeout=timeout)
-
-    def _auth_headers(self) -> dict[str, str]:
-        auth = self.config.auth
-        if isinstance(auth, BearerAuth):
-            return {"Authorization": f"Bearer {auth.token.get_secret_value()}"}
-        return {}
+        return async_client(self.config)
 
     def _encode(self, ref: InstanceRef) -> bytes:
         """The Part 10 bytes of one instance, prepared if asked (runs in a worker thread)."""

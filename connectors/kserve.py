@@ -33,19 +33,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from connectors.base import Delivery
+from connectors.http_common import BearerAuth, HttpTarget, NoAuth, async_client
 from connectors.kserve_protocol import (
     HEADER_LENGTH,
     InferResponse,
@@ -76,22 +75,6 @@ _RETRYABLE_STATUSES = {408, 429}
 _ERROR_TEXT_LIMIT = 200
 
 
-class NoAuth(BaseModel):
-    """No authentication."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["none"] = "none"
-
-
-class BearerAuth(BaseModel):
-    """A bearer token (``Authorization: Bearer ...``), as KServe behind an API gateway wants."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["bearer"]
-    token: SecretStr
-
-
-Auth = Annotated[NoAuth | BearerAuth, Field(discriminator="type")]
 
 
 class OutputMapping(BaseModel):
@@ -114,13 +97,13 @@ class OutputMapping(BaseModel):
         return [n for n in (self.scores, self.boxes, self.slice_index) if n is not None]
 
 
-class KServeConfig(BaseModel):
-    """A model behind the KServe v2 / Triton inference protocol (``type: kserve``)."""
+class KServeConfig(HttpTarget):
+    """A model behind the KServe v2 / Triton inference protocol (``type: kserve``).
 
-    model_config = ConfigDict(extra="forbid")
+    ``url`` is the server root, e.g. http://triton:8000 (no /v2).
+    """
 
     type: Literal["kserve"]
-    url: str = Field(description="server root, e.g. http://triton:8000 (no /v2)")
     model: str = Field(min_length=1, description="the served model's name")
     model_version: str | None = Field(
         default=None, min_length=1, description="served version; null: the server's default"
@@ -136,26 +119,6 @@ class KServeConfig(BaseModel):
     finding_code: str = Field(default="ai-finding", min_length=1)
     finding_label: str = Field(default="AI finding", min_length=1)
     results_channel: str = Field(min_length=1, description="the hub channel taking AIResults")
-    timeout_seconds: float = Field(default=120, gt=0, description="the whole request")
-    auth: Auth = Field(default_factory=NoAuth)
-    verify_tls: bool | Path = Field(
-        default=True, description="verify the server certificate; a path names a CA bundle"
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        url = httpx.URL(value)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("an http:// or https:// URL with a host")
-        return value.rstrip("/")
-
-    @field_validator("verify_tls")
-    @classmethod
-    def _ca_bundle_exists(cls, value: bool | Path) -> bool | Path:
-        if isinstance(value, Path) and not value.is_file():
-            raise ValueError(f"CA bundle {value} is not a file")
-        return value
 
     def infer_url(self) -> str:
         """``{url}/v2/models/{model}[/versions/{version}]/infer``."""
@@ -224,7 +187,7 @@ class KServeDestination:
         try:
             async with asyncio.timeout(self.config.timeout_seconds), self._client() as client:
                 response = await client.post(
-                    self._endpoint, content=body, headers={**headers, **self._auth_headers()}
+                    self._endpoint, content=body, headers=headers
                 )
         except (TimeoutError, httpx.TimeoutException) as exc:
             raise RecoverableError(
@@ -240,19 +203,7 @@ class KServeDestination:
         return response
 
     def _client(self) -> httpx.AsyncClient:
-        verify_tls = self.config.verify_tls
-        verify: bool | ssl.SSLContext = (
-            ssl.create_default_context(cafile=str(verify_tls))
-            if isinstance(verify_tls, Path)
-            else verify_tls
-        )
-        return httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(self.config.timeout_seconds))
-
-    def _auth_headers(self) -> dict[str, str]:
-        auth = self.config.auth
-        if isinstance(auth, BearerAuth):
-            return {"Authorization": f"Bearer {auth.token.get_secret_value()}"}
-        return {}
+        return async_client(self.config)
 
 
 def read_findings(

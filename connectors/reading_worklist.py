@@ -36,6 +36,7 @@ from engine.config import AIModelConfig
 from engine.errors import EngineError, RecoverableError, StoreError, TransformError
 from engine.reading_worklist import ReadingWorklist, WorklistChange
 from engine.study_batch import StudyBatch
+from engine.validation import describe_validation_error
 from engine.worklist import WorklistStore
 
 __all__ = [
@@ -251,9 +252,4 @@ def _validated(model: type[_M], payload: str, what: str) -> _M:
     try:
         return model.model_validate_json(payload)
     except ValidationError as exc:
-        # Locations and messages only: pydantic's default text quotes the input (PHI).
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'payload'}: {error['msg']}"
-            for error in exc.errors(include_input=False)
-        )
-        raise TransformError(f"not {what}: {problems}") from exc
+        raise TransformError(f"not {what}: {describe_validation_error(exc)}") from exc

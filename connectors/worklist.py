@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 
 from connectors.base import Delivery
 from engine.errors import TransformError
+from engine.validation import describe_validation_error
 from engine.worklist import PreparedItem, WorklistStore
 from engine.worklist_item import WorklistItem
 
@@ -59,9 +60,5 @@ def _parse(payload: str) -> WorklistItem:
     try:
         return WorklistItem.model_validate_json(payload)
     except ValidationError as exc:
-        # Locations and messages only: pydantic's default text quotes the input (PHI).
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'payload'}: {error['msg']}"
-            for error in exc.errors(include_input=False)
-        )
+        problems = describe_validation_error(exc)
         raise TransformError(f"not a worklist item: {problems}") from exc

@@ -24,13 +24,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import (
-    BigInteger,
     Boolean,
     Column,
     DateTime,
     Engine,
     Index,
-    Integer,
     String,
     Table,
     and_,
@@ -48,7 +46,7 @@ from engine.config import AIModelConfig
 from engine.errors import StoreError
 from engine.periodic import PeriodicTask
 from engine.store.group_commit import GroupCommitter
-from engine.store.schema import metadata
+from engine.store.schema import Id, metadata
 
 __all__ = [
     "AITimeoutMonitor",
@@ -66,7 +64,7 @@ log = logging.getLogger(__name__)
 Severity = Literal["warning", "error"]
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
-_Id = BigInteger().with_variant(Integer(), "sqlite")
+_Id = Id
 
 alerts = Table(
     "alerts",

@@ -44,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from engine.store.schema import metadata
+from engine.store.schema import Id, metadata
 
 __all__ = [
     "COMPLETE",
@@ -59,7 +59,7 @@ RECEIVING = "RECEIVING"
 COMPLETE = "COMPLETE"
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
-_Id = BigInteger().with_variant(Integer(), "sqlite")
+_Id = Id
 _UID = String(64)
 
 archive_instances = Table(

@@ -29,12 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import to_jsonable_python
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Column,
     DateTime,
     Engine,
     Index,
-    Integer,
     String,
     Table,
     insert,
@@ -44,7 +42,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.errors import StoreError
-from engine.store.schema import metadata
+from engine.store.schema import Id, metadata
 from engine.study_batch import StudyBatch
 
 if TYPE_CHECKING:
@@ -75,7 +73,7 @@ AuditKind = Literal[
 AUDIT_KINDS: tuple[str, ...] = get_args(AuditKind)
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
-_Id = BigInteger().with_variant(Integer(), "sqlite")
+_Id = Id
 
 audit_events = Table(
     "audit_events",

@@ -30,6 +30,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from engine.dicom_checks import check_element
 from engine.errors import ConfigError, TransformError
+from engine.study_batch import METADATA_KEYWORDS
 
 __all__ = [
     "DEFAULT_COPY_FROM_ORDER",
@@ -82,18 +83,6 @@ _WRITABLE_VRS = frozenset(
     }
 )
 _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-_METADATA_KEYWORDS = (
-    "Modality",
-    "BodyPartExamined",
-    "StudyDescription",
-    "SeriesDescription",
-    "AccessionNumber",
-    "PatientID",
-    "StationName",
-    "InstitutionName",
-    "StudyDate",
-    "StudyTime",
-)
 # Attributes the normalizer itself maintains: a rule writing them would corrupt the audit trail.
 _RESERVED = frozenset({"OriginalAttributesSequence", "SpecificCharacterSet"})
 
@@ -300,7 +289,7 @@ def study_metadata(ds: Dataset) -> dict[str, str]:
 
     ``ProcedureCode`` is ProcedureCodeSequence[0].CodeValue.
     """
-    metadata = {keyword: text_of(element_of(ds, keyword)) for keyword in _METADATA_KEYWORDS}
+    metadata = {keyword: text_of(element_of(ds, keyword)) for keyword in METADATA_KEYWORDS}
     codes = ds.get("ProcedureCodeSequence")
     metadata["ProcedureCode"] = text_of(element_of(codes[0], "CodeValue")) if codes else ""
     return metadata

@@ -25,13 +25,11 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Boolean,
     Column,
     DateTime,
     Float,
     Index,
-    Integer,
     RowMapping,
     String,
     Table,
@@ -39,7 +37,7 @@ from sqlalchemy import (
 )
 
 from engine.ai_result import AIResult
-from engine.store.schema import metadata
+from engine.store.schema import Id, metadata
 
 __all__ = [
     "OPEN_STATUSES",
@@ -56,7 +54,7 @@ ReadingStatus = Literal["PENDING", "UNREAD", "IN_PROGRESS", "READ"]
 OPEN_STATUSES: tuple[ReadingStatus, ...] = ("UNREAD", "IN_PROGRESS")
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
-_Id = BigInteger().with_variant(Integer(), "sqlite")
+_Id = Id
 
 reading_items = Table(
     "reading_items",

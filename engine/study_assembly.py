@@ -22,7 +22,7 @@ from typing import Any
 from pydicom import dcmread
 
 from engine.archive import Archive, PendingUnit
-from engine.study_batch import StudyBatch
+from engine.study_batch import METADATA_KEYWORDS, StudyBatch
 
 __all__ = ["METADATA_KEYWORDS", "Dispatch", "StudyAssembler", "read_metadata"]
 
@@ -30,21 +30,6 @@ log = logging.getLogger(__name__)
 
 Dispatch = Callable[[StudyBatch], Awaitable[None]]
 
-# Study-level attributes copied (as plain strings, "" when absent) from the
-# batch's first instance for routing rules.
-METADATA_KEYWORDS = (
-    "Modality",
-    "BodyPartExamined",
-    "StudyDescription",
-    "SeriesDescription",
-    "AccessionNumber",
-    "PatientID",
-    "StationName",
-    "InstitutionName",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
 
 _MAX_BACKOFF_SECONDS = 30.0
 

@@ -14,7 +14,23 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["InstanceRef", "StudyBatch"]
+__all__ = ["METADATA_KEYWORDS", "InstanceRef", "StudyBatch"]
+
+#: Study-level attributes a batch's ``metadata`` carries (plain strings, '' when
+#: absent), read from its first instance: what routing rules look at.
+METADATA_KEYWORDS = (
+    "Modality",
+    "BodyPartExamined",
+    "StudyDescription",
+    "SeriesDescription",
+    "AccessionNumber",
+    "PatientID",
+    "StationName",
+    "InstitutionName",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
 
 
 class InstanceRef(BaseModel):

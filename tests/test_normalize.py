@@ -18,6 +18,7 @@ from sqlalchemy import Engine, create_engine
 from engine.errors import ConfigError, TransformError
 from engine.normalize import Normalizer, study_metadata
 from engine.normalize_config import NormalizeConfig
+from engine.study_batch import METADATA_KEYWORDS
 from engine.templating import TemplateEnvironment
 from engine.worklist import WorklistStore, worklist_items
 from engine.worklist_item import WorklistItem
@@ -512,19 +513,8 @@ def test_study_metadata_for_routing(templates: TemplateEnvironment) -> None:
     assert metadata["ProcedureCode"] == "CT01"
     assert metadata["StudyDate"] == "20240315"
     assert metadata["StationName"] == ""
-    assert set(metadata) == {
-        "Modality",
-        "BodyPartExamined",
-        "StudyDescription",
-        "SeriesDescription",
-        "AccessionNumber",
-        "PatientID",
-        "StationName",
-        "InstitutionName",
-        "ProcedureCode",
-        "StudyDate",
-        "StudyTime",
-    }
+    # The batch contract's routing attributes, plus the procedure code.
+    assert set(metadata) == {*METADATA_KEYWORDS, "ProcedureCode"}
 
 
 def test_the_normalizer_offers_study_metadata(templates: TemplateEnvironment) -> None:

@@ -52,6 +52,7 @@ from engine.states import MessageStatus
 from engine.store.messages import InboundRecord
 from engine.study_assembly import METADATA_KEYWORDS
 from engine.study_batch import InstanceRef, StudyBatch
+from engine.validation import describe_validation_error
 
 __all__ = ["MESSAGE_TYPE", "AIResultsDataType"]
 
@@ -232,11 +233,7 @@ def _validate(model: type[_M], raw: bytes, what: str) -> _M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        # Locations and messages only: the input values may be patient data.
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or what}: {e['msg']}"
-            for e in exc.errors(include_input=False)
-        )
+        problems = describe_validation_error(exc, root=what)
         raise ParseError(f"not a valid {what}: {problems}") from exc
 
 

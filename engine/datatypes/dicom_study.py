@@ -25,6 +25,7 @@ from engine.files import write_durably
 from engine.states import MessageStatus
 from engine.store.messages import InboundRecord
 from engine.study_batch import InstanceRef, StudyBatch
+from engine.validation import describe_validation_error
 
 __all__ = ["InstanceNormalizer", "StudyDataType", "StudyView"]
 
@@ -66,10 +67,7 @@ class StudyDataType:
         try:
             batch = StudyBatch.model_validate_json(raw)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'batch'}: {e['msg']}"
-                for e in exc.errors(include_input=False)
-            )
+            problems = describe_validation_error(exc, root="batch")
             raise ParseError(f"not a study batch: {problems}") from exc
         record = InboundRecord(
             channel=self._channel,

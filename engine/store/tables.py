@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger,
     Column,
     DateTime,
     ForeignKey,
@@ -15,12 +14,10 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from engine.store.schema import metadata
+from engine.store.schema import Id, metadata
 
 __all__ = ["duplicate_keys", "messages", "queue_entries"]
 
-# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
-Id = BigInteger().with_variant(Integer(), "sqlite")
 
 messages = Table(
     "messages",
