@@ -79,7 +79,7 @@ Overrides = dict[str, dict[str, Any]]
 
 
 def prepare_channels(target: Path, mllp_port: int, overrides: Overrides | None = None) -> Path:
-    """Copy the shipped channels into ``target`` with the MLLP port changed.
+    """Copy the shipped channels into ``target`` with the MLLP port changed (HTTP: a free one).
 
     ``overrides`` maps a channel name to ``{"source": {...}, "destinations":
     {name: {...}}}``: fields merged into the source and the named destinations.
@@ -88,9 +88,12 @@ def prepare_channels(target: Path, mllp_port: int, overrides: Overrides | None =
     target.mkdir(parents=True, exist_ok=True)
     for path in (REPO / "channels").glob("*.yaml"):
         data = yaml.safe_load(path.read_text())
-        if data.get("source", {}).get("type") == "mllp":
-            data["source"]["port"] = mllp_port
-            data["source"]["host"] = "127.0.0.1"
+        source = data.get("source", {})
+        if source.get("type") == "mllp":
+            source.update(port=mllp_port, host="127.0.0.1")
+        elif source.get("type") == "http":
+            # Hubs of one test run must not fight over the shipped fixed port.
+            source.update(port=free_port(), host="127.0.0.1")
         _apply(data, (overrides or {}).get(data["name"], {}))
         (target / path.name).write_text(yaml.safe_dump(data, sort_keys=False))
     return target
