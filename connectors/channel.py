@@ -26,6 +26,26 @@ class ChannelForwardConfig(BaseModel):
     channel: str = Field(min_length=1)
 
 
+class ChannelSourceConfig(BaseModel):
+    """A channel fed only by other channels' ``type: channel`` destinations."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["channel"]
+
+
+class ChannelSource:
+    """Listens to nothing: other channels hand their payloads to this channel's handler."""
+
+    def __init__(self, config: ChannelSourceConfig) -> None:
+        self.config = config
+
+    async def start(self, handler: InboundHandler) -> None:
+        """Nothing to bind."""
+
+    async def stop(self) -> None:
+        """Nothing to release."""
+
+
 class ChannelForward:
     """Hands each payload to the target channel's handler."""
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydicom import Dataset
 
-    from connectors.channel import ChannelForward, ChannelForwardConfig
+    from connectors.channel import (
+        ChannelForward,
+        ChannelForwardConfig,
+        ChannelSource,
+        ChannelSourceConfig,
+    )
     from connectors.dicom_send import DicomSendConfig, DicomSendDestination
     from connectors.dicom_store import DicomSource, DicomSourceConfig
     from connectors.dicomweb import DicomWebConfig, DicomWebDestination
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
         ReadingWorklistDestination,
         ReadingWorklistDestinationConfig,
     )
+    from connectors.report_builder import ReportBuilder, ReportBuilderConfig
     from connectors.worklist import WorklistDestination, WorklistDestinationConfig
     from engine.config import DestinationFile
     from engine.services import Services
@@ -132,22 +138,12 @@ def kserve_destination(
     config: KServeConfig, services: Services, spec: DestinationFile, *, channel: str
 ) -> KServeDestination:
     """A model served with the KServe v2 / Triton protocol; results go to ``results_channel``."""
-    from connectors.base import Origin
     from connectors.kserve import KServeDestination
-    from engine.errors import ConfigError, RecoverableError
+    from engine.errors import ConfigError
 
     if spec.ai is None:
         raise ConfigError(f"destination {spec.name}: type kserve needs an 'ai:' block")
-    target = config.results_channel
-    origin = Origin("channel", f"{channel}/{spec.name}", target)
-
-    async def forward(raw: bytes) -> bytes | None:
-        runtime = services.channels.get(target)  # looked up per send: deploy order is free
-        if runtime is None:
-            raise RecoverableError(f"channel {target} is not deployed")
-        reply: bytes | None = await runtime.handle(raw, origin)
-        return reply
-
+    forward = _channel_forwarder(services, config.results_channel, f"{channel}/{spec.name}")
     return KServeDestination(
         config, model_name=spec.ai.model, model_version=spec.ai.version, forward=forward
     )
@@ -178,3 +174,41 @@ def http_source(config: HttpSourceConfig, services: Services, *, channel: str) -
     from connectors.http_source import HttpSource
 
     return HttpSource(config)
+
+
+def _channel_forwarder(
+    services: Services, target: str, sender: str
+) -> Callable[[bytes], Awaitable[bytes | None]]:
+    """Hands a payload to channel ``target`` (looked up per send: deploy order is free)."""
+    from connectors.base import Origin
+    from engine.errors import RecoverableError
+
+    origin = Origin("channel", sender, target)
+
+    async def forward(raw: bytes) -> bytes | None:
+        runtime = services.channels.get(target)
+        if runtime is None:
+            raise RecoverableError(f"channel {target} is not deployed")
+        reply: bytes | None = await runtime.handle(raw, origin)
+        return reply
+
+    return forward
+
+
+def report_destination(
+    config: ReportBuilderConfig, services: Services, spec: DestinationFile, *, channel: str
+) -> ReportBuilder:
+    """Preliminary reports drafted from AI results, handed to the EHR channel."""
+    from connectors.report_builder import ReportBuilder
+
+    forward = _channel_forwarder(services, config.report_channel, f"{channel}/{spec.name}")
+    return ReportBuilder(config, worklist=services.worklist, forward=forward)
+
+
+def channel_source(
+    config: ChannelSourceConfig, services: Services, *, channel: str
+) -> ChannelSource:
+    """A channel fed by other channels only."""
+    from connectors.channel import ChannelSource
+
+    return ChannelSource(config)

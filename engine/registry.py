@@ -31,6 +31,9 @@ class ConnectorEntry:
 
 
 SOURCES: dict[str, ConnectorEntry] = {
+    "channel": ConnectorEntry(
+        "connectors.channel:ChannelSourceConfig", "engine.factories:channel_source"
+    ),
     "mllp": ConnectorEntry("connectors.mllp:MLLPSourceConfig", "engine.factories:mllp_source"),
     "memory": ConnectorEntry(
         "connectors.memory:MemorySourceConfig", "engine.factories:memory_source"
@@ -65,6 +68,9 @@ DESTINATIONS: dict[str, ConnectorEntry] = {
     "reading-worklist": ConnectorEntry(
         "connectors.reading_worklist:ReadingWorklistDestinationConfig",
         "engine.factories:reading_worklist_destination",
+    ),
+    "report": ConnectorEntry(
+        "connectors.report_builder:ReportBuilderConfig", "engine.factories:report_destination"
     ),
     "kserve": ConnectorEntry(
         "connectors.kserve:KServeConfig", "engine.factories:kserve_destination"

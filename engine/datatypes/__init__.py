@@ -18,6 +18,10 @@ def datatype_for(channel: Channel, services: Services) -> DataType:
         return _study_datatype(channel, services)
     if channel.file.inbound.data_type == "ai-results":
         return _ai_results_datatype(channel, services)
+    if channel.file.inbound.data_type == "report":
+        from engine.datatypes.report import ReportDataType
+
+        return ReportDataType(channel.name)
     from engine.datatypes.hl7v2 import HL7v2DataType
 
     return HL7v2DataType(channel.name, channel.file.inbound)
