@@ -43,8 +43,9 @@ def result() -> AIResult:
         accession_number="ACC9",
         model="meridian-hyperdense",
         model_version="1.0.0",
-        findings=[AIFinding(code="hyperdense-region", label="Hyperdense region", score=0.91,
-                            critical=True)],  # fmt: skip
+        findings=[
+            AIFinding(code="hyperdense-region", label="Hyperdense region", score=0.91, critical=True)
+        ],
         produced_at=NOW,
         source="json",
     )
