@@ -44,7 +44,9 @@ def result() -> AIResult:
         model="meridian-hyperdense",
         model_version="1.0.0",
         findings=[
-            AIFinding(code="hyperdense-region", label="Hyperdense region", score=0.91, critical=True)
+            AIFinding(
+                code="hyperdense-region", label="Hyperdense region", score=0.91, critical=True
+            )
         ],
         produced_at=NOW,
         source="json",
