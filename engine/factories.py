@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from connectors.dicom_send import DicomSendConfig, DicomSendDestination
     from connectors.dicom_store import DicomSource, DicomSourceConfig
     from connectors.dicomweb import DicomWebConfig, DicomWebDestination
+    from connectors.fhir import FhirConfig, FhirDestination
     from connectors.http_source import HttpSource, HttpSourceConfig
     from connectors.kserve import KServeConfig, KServeDestination
     from connectors.memory import (
@@ -212,3 +213,12 @@ def channel_source(
     from connectors.channel import ChannelSource
 
     return ChannelSource(config)
+
+
+def fhir_destination(
+    config: FhirConfig, services: Services, spec: DestinationFile, *, channel: str
+) -> FhirDestination:
+    """FHIR R4 transactions to the EHR (DiagnosticReport, Observations, ImagingStudy)."""
+    from connectors.fhir import FhirDestination
+
+    return FhirDestination(config)
