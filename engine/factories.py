@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         MemorySourceConfig,
     )
     from connectors.mllp import MLLPSource, MLLPSourceConfig
+    from connectors.mllp_destination import MLLPDestination, MLLPDestinationConfig
     from connectors.prefetch import PrefetchConfig, PrefetchDestination
     from connectors.reading_worklist import (
         ReadingWorklistDestination,
@@ -222,3 +223,12 @@ def fhir_destination(
     from connectors.fhir import FhirDestination
 
     return FhirDestination(config)
+
+
+def mllp_destination(
+    config: MLLPDestinationConfig, services: Services, spec: DestinationFile, *, channel: str
+) -> MLLPDestination:
+    """An HL7 v2 receiver (an EHR) over MLLP; its ACK decides delivered or refused."""
+    from connectors.mllp_destination import MLLPDestination
+
+    return MLLPDestination(config)

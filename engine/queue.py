@@ -191,20 +191,28 @@ class DestinationWorker:
             await self._fail(entry, exc)
             return
         delay = backoff_delay(self._retry, attempts)
+        # The exception type only: a peer's error text can name a patient; the
+        # full text is kept with the entry in the store for the analyst.
         log.warning(
             "%s/%s: entry %d attempt %d failed (%s); next try in %.1fs",
             self.channel,
             self.destination,
             entry.id,
             attempts,
-            exc,
+            type(exc).__name__,
             delay,
         )
         next_at = now() + timedelta(seconds=delay)
         await self._committer.run_async(lambda conn: mark_retry(conn, entry, next_at, str(exc)))
 
     async def _fail(self, entry: QueueEntry, exc: Exception) -> None:
-        log.error("%s/%s: entry %d failed: %s", self.channel, self.destination, entry.id, exc)
+        log.error(
+            "%s/%s: entry %d failed (%s); see the message store",
+            self.channel,
+            self.destination,
+            entry.id,
+            type(exc).__name__,
+        )
         await self._committer.run_async(lambda conn: mark_error(conn, entry, str(exc)))
 
 

@@ -69,6 +69,9 @@ DESTINATIONS: dict[str, ConnectorEntry] = {
         "connectors.reading_worklist:ReadingWorklistDestinationConfig",
         "engine.factories:reading_worklist_destination",
     ),
+    "mllp": ConnectorEntry(
+        "connectors.mllp_destination:MLLPDestinationConfig", "engine.factories:mllp_destination"
+    ),
     "fhir": ConnectorEntry("connectors.fhir:FhirConfig", "engine.factories:fhir_destination"),
     "report": ConnectorEntry(
         "connectors.report_builder:ReportBuilderConfig", "engine.factories:report_destination"

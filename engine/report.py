@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.ai_result import AIFinding
 
@@ -74,3 +74,12 @@ class StudyReport(_Strict):
     author: str | None = Field(default=None, description="the signing radiologist (final)")
     observed_at: datetime | None = Field(default=None, description="when the study was done")
     reported_at: datetime
+
+    @field_validator("observed_at", "reported_at")
+    @classmethod
+    def _zoned(cls, value: datetime | None) -> datetime | None:
+        # An HL7 TS without an offset is the sender's local time, which for a
+        # hospital's own systems is the hub's: FHIR needs the zone spelled out.
+        if value is not None and value.tzinfo is None:
+            return value.astimezone()
+        return value

@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import hl7
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.dicom_checks import check_attributes, check_element
 from engine.errors import TransformError
@@ -47,6 +47,18 @@ class TransformConfig(BaseModel):
 
     template: str
     output: OutputKind
+    validate_as: str | None = Field(
+        default=None,
+        pattern=r"^[A-Z0-9]{3}_[A-Z0-9]{3}$",
+        description="hl7 output: check each message as this HL7 v2 structure (e.g. ORU_R01) "
+        "with hl7apy before it is queued",
+    )
+
+    @model_validator(mode="after")
+    def _validate_as_needs_hl7(self) -> Self:
+        if self.validate_as is not None and self.output != "hl7":
+            raise ValueError("validate_as applies to output: hl7 only")
+        return self
 
 
 class Transformer:
@@ -61,7 +73,12 @@ class Transformer:
     ) -> None:
         self.config = config
         self.env = env
-        self._hl7_validators = tuple(hl7_validators)
+        validators = list(hl7_validators)
+        if config.validate_as is not None:
+            from engine.formats.hl7_validate import validator_for  # hl7apy loaded only when used
+
+            validators.append(validator_for(config.validate_as))
+        self._hl7_validators = tuple(validators)
 
     def check(self) -> None:
         """Compile the template and load every mapping table (:class:`ConfigError` if bad)."""

@@ -9,21 +9,26 @@ reading worklist, forwards the results to the PACS and audits every step.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support import mllp_client
 from tests.support.ct_head import BLOB, head_series
 from tests.support.dicom_files import write_dataset, write_study
+from tests.support.fhir_server import FhirServer
 from tests.support.hub_process import HubProcess, free_port, start_hub, wait_for_port
+from tests.support.mllp_receivers import AckReceiver
 from tests.support.orders import orm
 from tests.support.orthanc import OrthancProcess, orthanc_available, start_orthanc
 
@@ -34,6 +39,31 @@ AI_BLOCK = {"model": "meridian-hyperdense", "version": "1.0.0", "mode": "assista
             "timeout_seconds": 4}  # fmt: skip
 
 
+class EHR:
+    """The EHR side: an MLLP receiver that ACKs (on its own event loop) and a FHIR server."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.oru = asyncio.run_coroutine_threadsafe(AckReceiver().start(), self.loop).result(10)
+        self.fhir = FhirServer()
+        self.fhir.start()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.oru.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.fhir.stop()
+
+    def orus(self) -> list[str]:
+        return [m.decode("utf-8") for m in list(self.oru.received)]
+
+    def diagnostic_reports(self, accession: str) -> list[dict[str, Any]]:
+        return [r for r in self.fhir.store.all("DiagnosticReport")
+                if any(i.get("value") == accession for i in r.get("identifier", []))]  # fmt: skip
+
+
 @dataclass
 class Site:
     hub: HubProcess
@@ -41,6 +71,8 @@ class Site:
     ai_port: int
     ai_node: subprocess.Popen[bytes] | None
     workdir: Path
+    ehr: EHR
+    ris_port: int
 
     def start_ai_node(self, delay_seconds: float = 0) -> None:
         self.ai_node = subprocess.Popen(
@@ -62,7 +94,8 @@ class Site:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     workdir = tmp_path_factory.mktemp("ai-site")
     pacs = start_orthanc(workdir / "orthanc")
-    ai_port = free_port()
+    ai_port, ris_port = free_port(), free_port()
+    ehr = EHR()
     fast = {"initial_backoff_seconds": 0.5, "max_backoff_seconds": 2}
     overrides = {
         "images-to-ai": {
@@ -78,9 +111,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             "destinations": {"pacs": {"port": pacs.dicom_port, "retry": fast}},
         },
         "ai-results-json": {"source": {"port": free_port()}},
+        "results-to-ehr": {
+            "destinations": {
+                "ehr-oru": {"port": ehr.oru.port, "retry": fast},
+                "ehr-fhir": {"base_url": ehr.fhir.url, "retry": fast},
+            }
+        },
+        "reports-from-ris": {"source": {"port": ris_port}},
     }
     hub = start_hub(workdir / "hub", overrides)
-    site = Site(hub, pacs, ai_port, None, workdir)
+    site = Site(hub, pacs, ai_port, None, workdir, ehr, ris_port)
     site.start_ai_node()
     try:
         yield site
@@ -88,6 +128,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         site.stop_ai_node()
         code = hub.stop()
         pacs.stop()
+        ehr.stop()
         assert code == 0, hub.log()
 
 
@@ -164,6 +205,40 @@ def test_critical_ai_finding_moves_the_study_to_the_top_and_reaches_the_pacs(
     model = rows(site, "SELECT model, model_version FROM audit_events WHERE kind='ai_result'"
                        " AND study_instance_uid = ?", head_uid)  # fmt: skip
     assert model and model[0] == ("meridian-hyperdense", "1.0.0")
+    reports_reach_the_ehr(site, head_uid)
+
+
+def obr_status(oru: str) -> str:
+    """OBR-25 (result status) of an ORU^R01."""
+    obr = next(seg for seg in oru.replace("\n", "\r").split("\r") if seg.startswith("OBR|"))
+    return obr.split("|")[25]
+
+
+def reports_reach_the_ehr(site: Site, head_uid: str) -> None:
+    """Assistant mode drafts a preliminary report; the signed one from the RIS supersedes it."""
+
+    def orus(status: str) -> list[str]:
+        return [m for m in site.ehr.orus() if "ACCHEAD1" in m and obr_status(m) == status]
+
+    def statuses() -> list[object]:
+        return [r.get("status") for r in site.ehr.diagnostic_reports("ACCHEAD1")]
+
+    assert wait_for(lambda: bool(orus("P"))), site.hub.log()[-3000:]
+    assert f"113014^DICOM Study^DCM||{head_uid}" in orus("P")[0]
+    assert wait_for(lambda: statuses() == ["preliminary"]), statuses()
+
+    final = (
+        "MSH|^~\\&|RADREPORT|HOSP|MERIDIAN|HOSP|20261123120000||ORU^R01|RR-E2E-1|P|2.5.1\r"
+        "PID|1||PACCHEAD1^^^HOSP^MR||DOE^JANE||19800101|F\r"
+        "OBR|1|AI-ACCHEAD1|ACCHEAD1|CTHEAD^CT Head^LOCAL|||20261123101500|||||||||||||||"
+        "20261123115500||CT|F|||||||4711&HOUSE&GREGORY\r"
+        "OBX|1|TX|&GDT^Report text||Acute hemorrhage confirmed.||||||F\r"
+        f"ZDS|{head_uid}^MERIDIAN^Application^DICOM\r"
+    )
+    ack = mllp_client.send(site.ris_port, final.encode())
+    assert mllp_client.msa(ack)[1] == "AA", ack
+    assert wait_for(lambda: bool(orus("F"))), site.hub.log()[-3000:]
+    assert wait_for(lambda: statuses() == ["final"]), f"one report, superseded: {statuses()}"
 
 
 def test_normal_head_keeps_its_priority(site: Site, tmp_path: Path) -> None:

@@ -358,7 +358,8 @@ def test_v23_corrected_report_with_ft_text_and_accession_in_obr3(to_report: Tran
     assert report.study_instance_uid == "1.2.826.0.1.3680043.8.498.3001"  # from ZDS-1
     assert report.author == "DOE^JANE"
     assert report.text.splitlines()[:3] == ["CORRECTED REPORT", "", "CT chest with contrast."]
-    assert report.reported_at == datetime(2024, 3, 16, 9, 40)  # no offset sent: local time
+    # No offset sent: the time is local, so the report carries the hub's local zone.
+    assert report.reported_at == datetime(2024, 3, 16, 9, 40).astimezone()
 
 
 def test_report_in_then_oru_out(to_report: Transformer, to_oru: Transformer) -> None:

@@ -89,9 +89,9 @@ def prepare_channels(target: Path, mllp_port: int, overrides: Overrides | None =
     for path in (REPO / "channels").glob("*.yaml"):
         data = yaml.safe_load(path.read_text())
         source = data.get("source", {})
-        if source.get("type") == "mllp":
+        if source.get("type") == "mllp" and data["name"] == "orders-to-worklist":
             source.update(port=mllp_port, host="127.0.0.1")
-        elif source.get("type") == "http":
+        elif source.get("type") in ("mllp", "http"):
             # Hubs of one test run must not fight over the shipped fixed port.
             source.update(port=free_port(), host="127.0.0.1")
         _apply(data, (overrides or {}).get(data["name"], {}))
