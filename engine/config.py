@@ -60,11 +60,12 @@ class FilterRule(_Strict):
 class InboundConfig(_Strict):
     """How the channel reads what its source receives."""
 
-    data_type: Literal["hl7v2", "dicom-study", "ai-results", "report"] = Field(
+    data_type: Literal["hl7v2", "dicom-study", "ai-results", "report", "procedure-step"] = Field(
         default="hl7v2",
         description="hl7v2: HL7 v2 messages; dicom-study: studies assembled by a dicom source; "
         "ai-results: DICOM AI results (study batches) and AIResult JSON; "
-        "report: StudyReport JSON (reports to the EHR)",
+        "report: StudyReport JSON (reports to the EHR); "
+        "procedure-step: MPPS events from an mpps source",
     )
     reidentify_scopes: list[str] = Field(
         default_factory=list,

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
         ChannelSource,
         ChannelSourceConfig,
     )
+    from connectors.dicom_mpps import MPPSSource, MPPSSourceConfig
     from connectors.dicom_send import DicomSendConfig, DicomSendDestination
     from connectors.dicom_store import DicomSource, DicomSourceConfig
     from connectors.dicomweb import DicomWebConfig, DicomWebDestination
@@ -232,3 +233,10 @@ def mllp_destination(
     from connectors.mllp_destination import MLLPDestination
 
     return MLLPDestination(config)
+
+
+def mpps_source(config: MPPSSourceConfig, services: Services, *, channel: str) -> MPPSSource:
+    """Procedure steps (MPPS) reported to the hub's listener."""
+    from connectors.dicom_mpps import MPPSSource
+
+    return MPPSSource.from_services(config, services, channel=channel)

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from connectors.base import Source
+from connectors.dicom_mpps import MPPSService
 from connectors.dicom_mwl import MWLServer
 from connectors.dicom_store import StorageService
 from connectors.mllp import MLLPSource
@@ -19,6 +20,7 @@ from engine.archive import Archive
 from engine.config import Channel, HubSettings
 from engine.datatypes import datatype_for
 from engine.deid import Deidentifier
+from engine.mpps import MPPSStore
 from engine.pipeline import ChannelRuntime
 from engine.queue import DestinationWorker
 from engine.reading_worklist import ReadingWorklist, Reprioritizer
@@ -62,8 +64,12 @@ class Hub:
         archive = Archive(settings.data_dir / "archive", self._engine, self._committer)
         storage = StorageService(archive)
         self.mwl = MWLServer(settings.dicom, worklist)
-        # One AE, one port: the worklist and the storage SCP share the listener.
+        # One AE, one port: the worklist, storage and MPPS SCPs share the listener.
         self.mwl.listener.add_service(storage)
+        mpps = MPPSService(
+            MPPSStore(self._engine, worklist), self._committer, uid_root=settings.uid_root
+        )
+        self.mwl.listener.add_service(mpps)
         self.services = Services(
             settings=settings,
             engine=self._engine,
@@ -74,6 +80,7 @@ class Hub:
             storage=storage,
             deid=Deidentifier(self._engine),
             reading_worklist=ReadingWorklist(self._engine, settings.reading_worklist),
+            mpps=mpps,
         )
         self._pool = ThreadPoolExecutor(settings.pipeline_threads, thread_name_prefix="pipeline")
         self.services.ai_models.update(

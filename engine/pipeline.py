@@ -220,7 +220,12 @@ class ChannelRuntime:
         except EngineError as exc:
             log.error("%s: could not store a message: %s", self.name, exc)
             raw = record.raw.encode("utf-8", errors="replace")
-            return self._datatype.reply(message, raw, "error", _STORE_DOWN, None).data
+            nak = self._datatype.reply(message, raw, "error", _STORE_DOWN, None).data
+            if nak is None:
+                # No peer to tell "resend later" (a study batch, an MPPS event):
+                # the source must keep the message and hand it over again.
+                raise
+            return nak
         if result.duplicate:
             log.info("%s: duplicate of message %d answered again", self.name, result.message_id)
             return self._datatype.replay(result.response, message) or reply.data

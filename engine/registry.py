@@ -31,6 +31,9 @@ class ConnectorEntry:
 
 
 SOURCES: dict[str, ConnectorEntry] = {
+    "mpps": ConnectorEntry(
+        "connectors.dicom_mpps:MPPSSourceConfig", "engine.factories:mpps_source"
+    ),
     "channel": ConnectorEntry(
         "connectors.channel:ChannelSourceConfig", "engine.factories:channel_source"
     ),

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from connectors.dicom_mpps import MPPSService
 from connectors.dicom_store import StorageService
 from engine.archive import Archive
 from engine.config import AIModelConfig, HubSettings
@@ -32,6 +33,7 @@ class Services:
     storage: StorageService
     deid: Deidentifier
     reading_worklist: ReadingWorklist
+    mpps: MPPSService
     #: Deployed channels by name (filled by the hub), for ``type: channel`` forwarding.
     channels: dict[str, Any] = field(default_factory=dict)
     #: AI models by name (from every destination's ``ai:`` block), for their modes.

@@ -52,8 +52,9 @@ SPS_STATUSES = frozenset(
         "DISCONTINUED",
     }
 )
-#: Statuses after which the item leaves the worklist (no query returns it).
-ENDED_STATUSES = frozenset({"CANCELED", "DISCONTINUED"})
+#: Statuses after which the item leaves the worklist (no query returns it): a
+#: completed procedure is not work for a modality any more.
+ENDED_STATUSES = frozenset({"COMPLETED", "CANCELED", "DISCONTINUED"})
 
 _TIME = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$")
 

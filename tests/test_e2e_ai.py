@@ -9,26 +9,22 @@ reading worklist, forwards the results to the PACS and audits every step.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support import mllp_client
 from tests.support.ct_head import BLOB, head_series
 from tests.support.dicom_files import write_dataset, write_study
-from tests.support.fhir_server import FhirServer
+from tests.support.ehr import EHR
 from tests.support.hub_process import HubProcess, free_port, start_hub, wait_for_port
-from tests.support.mllp_receivers import AckReceiver
 from tests.support.orders import orm
 from tests.support.orthanc import OrthancProcess, orthanc_available, start_orthanc
 
@@ -37,31 +33,6 @@ pytestmark = pytest.mark.skipif(not orthanc_available(), reason="Orthanc is not 
 MERIDIAN = str(Path(sys.executable).parent / "meridian")
 AI_BLOCK = {"model": "meridian-hyperdense", "version": "1.0.0", "mode": "assistant",
             "timeout_seconds": 4}  # fmt: skip
-
-
-class EHR:
-    """The EHR side: an MLLP receiver that ACKs (on its own event loop) and a FHIR server."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self.oru = asyncio.run_coroutine_threadsafe(AckReceiver().start(), self.loop).result(10)
-        self.fhir = FhirServer()
-        self.fhir.start()
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.oru.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.fhir.stop()
-
-    def orus(self) -> list[str]:
-        return [m.decode("utf-8") for m in list(self.oru.received)]
-
-    def diagnostic_reports(self, accession: str) -> list[dict[str, Any]]:
-        return [r for r in self.fhir.store.all("DiagnosticReport")
-                if any(i.get("value") == accession for i in r.get("identifier", []))]  # fmt: skip
 
 
 @dataclass

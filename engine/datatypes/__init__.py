@@ -18,6 +18,10 @@ def datatype_for(channel: Channel, services: Services) -> DataType:
         return _study_datatype(channel, services)
     if channel.file.inbound.data_type == "ai-results":
         return _ai_results_datatype(channel, services)
+    if channel.file.inbound.data_type == "procedure-step":
+        from engine.datatypes.procedure_step import ProcedureStepDataType
+
+        return ProcedureStepDataType(channel.name)
     if channel.file.inbound.data_type == "report":
         from engine.datatypes.report import ReportDataType
 

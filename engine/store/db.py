@@ -26,6 +26,7 @@ def open_engine(url: str, *, create_schema: bool = True) -> Engine:
     import engine.archive_tables
     import engine.audit
     import engine.deid_tables
+    import engine.mpps
     import engine.reading_tables
     import engine.store.tables
     import engine.worklist  # noqa: F401
