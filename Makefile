@@ -31,6 +31,8 @@ test: $(STAMP) lint typecheck
 bench: $(STAMP)
 	$(BIN)/python bench/mllp.py
 	$(BIN)/python bench/mwl.py
+	$(BIN)/python bench/store.py
+	$(BIN)/python bench/ai_latency.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
