@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from connectors.base import Origin
+from engine.states import MessageStatus
 from engine.store.messages import InboundRecord
 
 __all__ = ["DataType", "Outcome", "ReadMessage", "Reply"]
@@ -65,3 +66,46 @@ class DataType(Protocol):
 
     def replay(self, stored_response: str | None, message: ReadMessage | None) -> bytes | None:
         """The stored first answer to a duplicate, encoded for sending again."""
+
+
+class SilentDataType:
+    """The parts shared by data types whose sender needs no answer (another channel,
+    the study assembler, the MPPS SCP that already answered its modality).
+
+    Subclasses set :attr:`message_type` and ``self._channel`` and implement ``read``.
+    """
+
+    message_type = "?"
+    _channel: str
+
+    def check_accepted(self, message: ReadMessage) -> None:
+        """Every message that could be read is taken."""
+
+    def builtin_transform(self, message: ReadMessage) -> list[str] | None:
+        """None: the channel's own transform (if any) does the work."""
+        return None
+
+    def reply(
+        self,
+        message: ReadMessage | None,
+        raw: bytes,
+        outcome: Outcome,
+        reason: str | None,
+        error_code: str | None,
+    ) -> Reply:
+        """Nothing to answer: the outcome is in the store."""
+        return Reply(None, None)
+
+    def unreadable(self, raw: bytes, origin: Origin) -> InboundRecord:
+        """What we keep of a message that could not be read."""
+        return InboundRecord(
+            channel=self._channel,
+            origin=origin.peer,
+            raw=raw.decode("utf-8", errors="replace"),
+            status=MessageStatus.RECEIVED,
+            message_type=self.message_type,
+        )
+
+    def replay(self, stored_response: str | None, message: ReadMessage | None) -> bytes | None:
+        """Nothing to answer again."""
+        return None

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from pydicom import Dataset, dcmread
 
 from connectors.base import Origin
-from engine.datatypes.base import Outcome, ReadMessage, Reply
+from engine.datatypes.base import ReadMessage, SilentDataType
 from engine.errors import ParseError, TransformError
 from engine.files import write_durably
 from engine.states import MessageStatus
@@ -52,8 +52,10 @@ class StudyView(dict[str, Any]):
         return self[key]
 
 
-class StudyDataType:
+class StudyDataType(SilentDataType):
     """Reads study batches; normalizes them as the built-in transform; answers nothing."""
+
+    message_type = MESSAGE_TYPE
 
     def __init__(
         self, channel: str, normalizer: InstanceNormalizer | None, normalized_root: Path
@@ -82,9 +84,6 @@ class StudyDataType:
             content_hash=hashlib.sha256(raw).hexdigest(),
         )
         return ReadMessage(record, _context(batch, batch.metadata), record.raw, native=batch)
-
-    def check_accepted(self, message: ReadMessage) -> None:
-        """Every study batch is taken."""
 
     def builtin_transform(self, message: ReadMessage) -> list[str] | None:
         """Normalize every instance of the batch; the payload points at the normalized copies."""
@@ -122,30 +121,6 @@ class StudyDataType:
             / f"{ref.sop_instance_uid}.dcm"
         )
 
-    def reply(
-        self,
-        message: ReadMessage | None,
-        raw: bytes,
-        outcome: Outcome,
-        reason: str | None,
-        error_code: str | None,
-    ) -> Reply:
-        """The assembler needs no answer: the outcome is in the store."""
-        return Reply(None, None)
-
-    def unreadable(self, raw: bytes, origin: Origin) -> InboundRecord:
-        """What we keep of a batch that did not parse."""
-        return InboundRecord(
-            channel=self._channel,
-            origin=origin.peer,
-            raw=raw.decode("utf-8", errors="replace"),
-            status=MessageStatus.RECEIVED,
-            message_type=MESSAGE_TYPE,
-        )
-
-    def replay(self, stored_response: str | None, message: ReadMessage | None) -> bytes | None:
-        """Nothing to answer again."""
-        return None
 
 
 def _context(batch: StudyBatch, metadata: dict[str, Any]) -> dict[str, Any]:

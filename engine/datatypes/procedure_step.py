@@ -13,7 +13,7 @@ import hashlib
 from pydantic import ValidationError
 
 from connectors.base import Origin
-from engine.datatypes.base import Outcome, ReadMessage, Reply
+from engine.datatypes.base import ReadMessage, SilentDataType
 from engine.errors import ParseError
 from engine.mpps_step import ProcedureStepEvent
 from engine.states import MessageStatus
@@ -25,8 +25,10 @@ __all__ = ["MESSAGE_TYPE", "ProcedureStepDataType"]
 MESSAGE_TYPE = "MPPS"
 
 
-class ProcedureStepDataType:
+class ProcedureStepDataType(SilentDataType):
     """Reads ProcedureStepEvent JSON; answers nothing (the MPPS SCP answered the modality)."""
+
+    message_type = MESSAGE_TYPE
 
     def __init__(self, channel: str) -> None:
         self._channel = channel
@@ -51,35 +53,3 @@ class ProcedureStepDataType:
             content_hash=hashlib.sha256(raw).hexdigest(),
         )
         return ReadMessage(record, {"event": event.model_dump()}, record.raw, native=event)
-
-    def check_accepted(self, message: ReadMessage) -> None:
-        """Every event is taken."""
-
-    def builtin_transform(self, message: ReadMessage) -> list[str] | None:
-        """None: the channel's template renders the event."""
-        return None
-
-    def reply(
-        self,
-        message: ReadMessage | None,
-        raw: bytes,
-        outcome: Outcome,
-        reason: str | None,
-        error_code: str | None,
-    ) -> Reply:
-        """Nothing to answer."""
-        return Reply(None, None)
-
-    def unreadable(self, raw: bytes, origin: Origin) -> InboundRecord:
-        """What we keep of an event that did not parse."""
-        return InboundRecord(
-            channel=self._channel,
-            origin=origin.peer,
-            raw=raw.decode("utf-8", errors="replace"),
-            status=MessageStatus.RECEIVED,
-            message_type=MESSAGE_TYPE,
-        )
-
-    def replay(self, stored_response: str | None, message: ReadMessage | None) -> bytes | None:
-        """Nothing to answer again."""
-        return None

@@ -12,7 +12,7 @@ import hashlib
 from pydantic import ValidationError
 
 from connectors.base import Origin
-from engine.datatypes.base import Outcome, ReadMessage, Reply
+from engine.datatypes.base import ReadMessage, SilentDataType
 from engine.errors import ParseError
 from engine.report import StudyReport
 from engine.states import MessageStatus
@@ -24,8 +24,10 @@ __all__ = ["MESSAGE_TYPE", "ReportDataType"]
 MESSAGE_TYPE = "REPORT"
 
 
-class ReportDataType:
+class ReportDataType(SilentDataType):
     """Reads StudyReport JSON; answers nothing (the sender is another channel)."""
+
+    message_type = MESSAGE_TYPE
 
     def __init__(self, channel: str) -> None:
         self._channel = channel
@@ -52,35 +54,3 @@ class ReportDataType:
         )
         context = {"report": report.model_dump(mode="json")}
         return ReadMessage(record, context, record.raw, native=report)
-
-    def check_accepted(self, message: ReadMessage) -> None:
-        """Every valid report is taken."""
-
-    def builtin_transform(self, message: ReadMessage) -> list[str] | None:
-        """None: each destination renders the report with its own template."""
-        return None
-
-    def reply(
-        self,
-        message: ReadMessage | None,
-        raw: bytes,
-        outcome: Outcome,
-        reason: str | None,
-        error_code: str | None,
-    ) -> Reply:
-        """Nothing to answer: the outcome is in the store."""
-        return Reply(None, None)
-
-    def unreadable(self, raw: bytes, origin: Origin) -> InboundRecord:
-        """What we keep of a report that did not parse."""
-        return InboundRecord(
-            channel=self._channel,
-            origin=origin.peer,
-            raw=raw.decode("utf-8", errors="replace"),
-            status=MessageStatus.RECEIVED,
-            message_type=MESSAGE_TYPE,
-        )
-
-    def replay(self, stored_response: str | None, message: ReadMessage | None) -> bytes | None:
-        """Nothing to answer again."""
-        return None
