@@ -136,7 +136,12 @@ def _component(raw: str, encoding: EncodingChars) -> HL7Text:
 def decode_repetition(raw: str, encoding: EncodingChars) -> HL7Text:
     """Decode one field repetition into :class:`HL7Text` (components, subcomponents)."""
     if encoding.component not in raw:
-        return _component(raw, encoding)
+        only = _component(raw, encoding)
+        if not only.parts:
+            return only
+        # One component that has subcomponents (4711&HOUSE&GREGORY): it is
+        # component 1; its subcomponents must not pass for components.
+        return HL7Text(str(only), (only,))
     comps = tuple(_component(comp, encoding) for comp in raw.split(encoding.component))
     return HL7Text(encoding.component.join(comps), comps)
 

@@ -159,3 +159,15 @@ def test_escape_round_trips() -> None:
     assert unescape(escape(text)) == text
     encoding = EncodingChars.from_msh("#", "*~!$")
     assert escape("a#b*c", encoding.msh2, encoding.field) == "a!F!b!S!c"
+
+
+def test_a_field_without_components_keeps_its_subcomponents_inside_component_1() -> None:
+    view = MessageView.from_text(
+        "MSH|^~\\&|A|B|C|D|20240101||ORU^R01|1|P|2.5.1\r"
+        "OBR|1|||||||||||||||||||||||||||||||4711&HOUSE&GREGORY\r"
+    )
+    obr = view.seg("OBR")
+    assert obr["32"] == "4711&HOUSE&GREGORY"
+    assert obr["32.1"] == "4711&HOUSE&GREGORY", "component 1 is the whole XCN-like value"
+    assert obr["32.1.2"] == "HOUSE"
+    assert obr["32.2"] == ""
