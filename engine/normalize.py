@@ -32,7 +32,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from jinja2 import Template, TemplateSyntaxError, UndefinedError
+from jinja2 import Template, UndefinedError
 from jinja2.exceptions import SecurityError
 from pydicom import DataElement, Dataset, Sequence
 from pydicom.charset import convert_encodings
@@ -163,16 +163,12 @@ class Normalizer:
         except ConfigError as exc:
             raise ConfigError(f"normalize rule {rule.name!r}: when: {exc}") from exc
         # The same sandboxed "text" environment the transforms use (no second environment).
-        environment = self._templates._environment("text")
         compiled: dict[str, Template] = {}
         for keyword, source in rule.set.items():
             try:
-                compiled[keyword] = environment.from_string(source)
-            except TemplateSyntaxError as exc:
-                raise ConfigError(
-                    f"normalize rule {rule.name!r}: set {keyword}: template syntax error: "
-                    f"{exc.message}"
-                ) from exc
+                compiled[keyword] = self._templates.compile_template(source)
+            except ConfigError as exc:
+                raise ConfigError(f"normalize rule {rule.name!r}: set {keyword}: {exc}") from exc
         return _CompiledRule(rule, when, compiled)
 
     def check(self) -> None:

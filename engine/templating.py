@@ -104,6 +104,16 @@ class TemplateEnvironment:
         except TemplateSyntaxError as exc:
             raise ConfigError(f"expression syntax error: {exc.message}") from exc
 
+    def compile_template(self, source: str, output: str = "text") -> Template:
+        """Compile an inline template (a channel's ``set:`` value) in the same sandbox.
+
+        A syntax error is a :class:`ConfigError` naming the problem (not the source).
+        """
+        try:
+            return self._environment(output).from_string(source)
+        except TemplateSyntaxError as exc:
+            raise ConfigError(f"template syntax error: {exc.message}") from exc
+
     def render(self, template_name: str, output: str, context: Mapping[str, Any]) -> str:
         """Render ``template_name`` for ``output`` (yaml, json, hl7 or text).
 
