@@ -1,0 +1,62 @@
+"""The admin app: ``create_app`` builds the FastAPI application the hub mounts under uvicorn."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from admin import messages_api, security, users_api, views_api
+from admin.context import AdminContext, context
+from admin.metrics import CONTENT_TYPE, render_metrics
+from admin.settings import AdminSettings
+from admin.users import ensure_tables
+
+if TYPE_CHECKING:
+    from engine.hub import Hub
+    from engine.services import Services
+
+__all__ = ["create_app"]
+
+Ctx = Annotated[AdminContext, Depends(context)]
+
+
+def create_app(services: Services, hub: Hub | None, settings: AdminSettings) -> FastAPI:
+    """The admin API over ``services`` (``hub``, if given, is woken on reprocess)."""
+    ensure_tables(services.engine)
+    app = FastAPI(
+        title="Meridian admin API",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    app.state.admin = AdminContext(services=services, hub=hub, settings=settings)
+    for module in (security, messages_api, users_api, views_api):
+        app.include_router(module.router)
+    app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"])
+    app.add_api_route(
+        "/metrics", metrics, methods=["GET"], tags=["ops"], response_class=PlainTextResponse
+    )
+    return app
+
+
+def healthz(ctx: Ctx) -> JSONResponse:
+    """200 when the store answers, 503 otherwise (no login: load balancers probe it)."""
+    try:
+        with ctx.services.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        return JSONResponse({"status": "store unavailable"}, status.HTTP_503_SERVICE_UNAVAILABLE)
+    return JSONResponse({"status": "ok"})
+
+
+def metrics(request: Request, ctx: Ctx) -> PlainTextResponse:
+    """Prometheus metrics; a session is required only if ``metrics_require_login`` is set."""
+    if ctx.settings.metrics_require_login:
+        session_token = request.cookies.get(security.COOKIE)
+        if not session_token or security.lookup(ctx, session_token) is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "login required")
+    return PlainTextResponse(render_metrics(ctx.services.engine), media_type=CONTENT_TYPE)
