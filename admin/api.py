@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -36,11 +37,23 @@ def create_app(services: Services, hub: Hub | None, settings: AdminSettings) -> 
     app.state.admin = AdminContext(services=services, hub=hub, settings=settings)
     for module in (security, messages_api, users_api, views_api):
         app.include_router(module.router)
+    app.middleware("http")(_security_headers)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"])
     app.add_api_route(
         "/metrics", metrics, methods=["GET"], tags=["ops"], response_class=PlainTextResponse
     )
     return app
+
+
+async def _security_headers(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Answers may hold PHI: no caching, no MIME sniffing, no framing."""
+    response = await call_next(request)
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    return response
 
 
 def healthz(ctx: Ctx) -> JSONResponse:

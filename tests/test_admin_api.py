@@ -5,17 +5,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from admin.api import create_app
 from admin.security import COOKIE, CSRF_HEADER
 from admin.settings import AdminSettings
-from admin.tables import admin_access_log
+from admin.tables import admin_access_log, admin_sessions
 from admin.users import Role, add_user
 from engine.reading_config import ReadingWorklistConfig
 from engine.reading_worklist import ReadingWorklist
@@ -155,6 +156,25 @@ def test_logout_ends_the_session(client: TestClient) -> None:
     # The server forgot the session: replaying the old cookie does not work.
     client.cookies.set(COOKIE, token)
     assert client.get("/api/session").status_code == 401
+
+
+def test_expired_session_is_refused(client: TestClient, store: FakeServices) -> None:
+    login(client, "ann")
+    with store.engine.begin() as conn:
+        conn.execute(update(admin_sessions).values(expires_at=datetime.now(UTC)))
+    assert client.get("/api/session").status_code == 401
+
+
+def test_session_token_is_not_stored_as_is(client: TestClient, store: FakeServices) -> None:
+    login(client, "ann")
+    with store.engine.connect() as conn:
+        stored = conn.execute(select(admin_sessions.c.token)).scalar_one()
+    assert stored != client.cookies[COOKIE]
+
+
+def test_answers_are_not_cached(client: TestClient) -> None:
+    login(client, "ann")
+    assert client.get("/api/messages").headers["cache-control"] == "no-store"
 
 
 def test_state_changes_need_the_csrf_token(client: TestClient, store: FakeServices) -> None:
