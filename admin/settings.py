@@ -24,7 +24,7 @@ class AdminSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     host: str = Field(default="127.0.0.1", description="listen address (loopback by default)")
-    port: int = Field(default=8080, ge=1, le=65535)
+    port: int = Field(default=8080, ge=0, le=65535, description="0: any free port (tests)")
     secure_cookies: bool = Field(
         default=False,
         description="mark the session cookie Secure; set true whenever the API is served over "
