@@ -6,6 +6,7 @@ import socket
 from typing import Annotated
 
 from pydantic import AfterValidator, Field
+from pydicom import Dataset
 from pynetdicom.events import Event
 
 __all__ = ["REACTOR_DELAY_SECONDS", "AETitle", "tune_connection"]
@@ -39,3 +40,15 @@ def tune_connection(event: Event) -> None:
     if sock is not None and sock.socket is not None:
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     event.assoc.dul._run_loop_delay = REACTOR_DELAY_SECONDS
+
+
+# Error Comment (0000,0902) is LO: 64 characters at most.
+_ERROR_COMMENT_MAX = 64
+
+
+def failure_status(status: int, comment: str) -> Dataset:
+    """A DIMSE failure status with an Error Comment (PHI-free: callers never quote values)."""
+    ds = Dataset()
+    ds.Status = status
+    ds.ErrorComment = comment[:_ERROR_COMMENT_MAX]
+    return ds

@@ -45,7 +45,7 @@ from pynetdicom.presentation import PresentationContext
 from sqlalchemy import Connection
 
 from connectors.base import InboundHandler, Origin
-from connectors.dicom_common import AETitle
+from connectors.dicom_common import AETitle, failure_status
 from engine.errors import ConfigError, EngineError, MessageError, ParseError, StoreError
 from engine.mpps import MPPSStore, PendingEvent
 from engine.mpps_step import (
@@ -88,7 +88,6 @@ _PROBLEM_STATUS = {
     "empty": MISSING_ATTRIBUTE_VALUE,
     "invalid": INVALID_ATTRIBUTE_VALUE,
 }
-_ERROR_COMMENT_MAX = 64  # LO
 _PAGE = 200  # events read per query while delivering
 
 Response = tuple[int | Dataset, Dataset | None]
@@ -165,7 +164,9 @@ class MPPSService:
             log.warning(
                 "%s from %s refused: no mpps channel serves AE %s", operation, calling, called
             )
-            return _failure(NOT_AUTHORIZED, f"no mpps channel serves called AE {called}"), None
+            return failure_status(
+                NOT_AUTHORIZED, f"no mpps channel serves called AE {called}"
+            ), None
         try:
             return body(event, calling, called, target)
         except MessageError as exc:
@@ -174,15 +175,17 @@ class MPPSService:
         except StoreError as exc:
             # The type only: the writer already logged what failed.
             log.error("%s from %s: store failed (%s)", operation, calling, type(exc).__name__)
-            return _failure(PROCESSING_FAILURE, "store unavailable; retry later"), None
+            return failure_status(PROCESSING_FAILURE, "store unavailable; retry later"), None
         except Exception as exc:  # the server must outlive any bug in here; type only (PHI)
             log.error("%s from %s failed: %s", operation, calling, type(exc).__name__)
-            return _failure(PROCESSING_FAILURE, f"unable to process: {type(exc).__name__}"), None
+            return failure_status(
+                PROCESSING_FAILURE, f"unable to process: {type(exc).__name__}"
+            ), None
 
     def _create(self, event: Event, calling: str, called: str, target: StepTarget) -> Response:
         request = cast(N_CREATE, event.request)
         if request.AffectedSOPClassUID != MODALITY_PERFORMED_PROCEDURE_STEP:
-            return _failure(NO_SUCH_SOP_CLASS, "not an MPPS request"), None
+            return failure_status(NO_SUCH_SOP_CLASS, "not an MPPS request"), None
         given = request.AffectedSOPInstanceUID
         uid = str(given) if given else str(generate_uid(prefix=self._uid_root))
         attributes = step_json(_decoded(lambda: event.attribute_list))
@@ -234,23 +237,16 @@ def _called_ae(event: Event) -> str:
 
 def _refusal(exc: MessageError) -> Dataset:
     if isinstance(exc, DuplicateStepError):
-        return _failure(DUPLICATE_SOP_INSTANCE, exc.reason)
+        return failure_status(DUPLICATE_SOP_INSTANCE, exc.reason)
     if isinstance(exc, UnknownStepError):
-        return _failure(NO_SUCH_OBJECT_INSTANCE, exc.reason)
+        return failure_status(NO_SUCH_OBJECT_INSTANCE, exc.reason)
     if isinstance(exc, FinalStepError):
-        status = _failure(PROCESSING_FAILURE, exc.reason)
+        status = failure_status(PROCESSING_FAILURE, exc.reason)
         status.ErrorID = MAY_NO_LONGER_BE_UPDATED
         return status
     if isinstance(exc, InvalidStepError):
-        return _failure(_PROBLEM_STATUS[exc.problem], exc.reason)
-    return _failure(PROCESSING_FAILURE, exc.reason)
-
-
-def _failure(status: int, comment: str) -> Dataset:
-    ds = Dataset()
-    ds.Status = status
-    ds.ErrorComment = comment[:_ERROR_COMMENT_MAX]
-    return ds
+        return failure_status(_PROBLEM_STATUS[exc.problem], exc.reason)
+    return failure_status(PROCESSING_FAILURE, exc.reason)
 
 
 # -- the ``mpps`` channel source ------------------------------------------------------------

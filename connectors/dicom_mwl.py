@@ -26,7 +26,7 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
-from connectors.dicom_common import AETitle, tune_connection
+from connectors.dicom_common import AETitle, failure_status, tune_connection
 from engine.errors import MessageError, StoreError
 from engine.worklist import WorklistStore
 
@@ -54,9 +54,6 @@ CANCELLED = 0xFE00
 OUT_OF_RESOURCES = 0xA700
 IDENTIFIER_DOES_NOT_MATCH = 0xA900
 UNABLE_TO_PROCESS = 0xC000
-_ERROR_COMMENT_MAX = 64  # LO
-
-
 
 
 class DicomListenerConfig(BaseModel):
@@ -184,8 +181,6 @@ def _log_accepted(event: Event) -> None:
     log.info("association accepted: %s from %s", requestor.ae_title, requestor.address)
 
 
-
-
 def _log_rejected(event: Event) -> None:
     requestor = event.assoc.requestor
     log.warning("association rejected: %s from %s", requestor.ae_title, requestor.address)
@@ -233,25 +228,21 @@ class MWLService:
                 sent += 1
         except MessageError as exc:
             log.warning("C-FIND from %s refused: %s", calling, type(exc).__name__)
-            yield _failure(IDENTIFIER_DOES_NOT_MATCH, exc.reason), None
+            yield failure_status(IDENTIFIER_DOES_NOT_MATCH, exc.reason), None
             return
         except StoreError as exc:
             log.error("C-FIND from %s: worklist store failed (%s)", calling, exc)
-            yield _failure(OUT_OF_RESOURCES, "worklist store unavailable"), None
+            yield failure_status(OUT_OF_RESOURCES, "worklist store unavailable"), None
             return
         except Exception as exc:
             # Type only: library messages can quote query values (PHI).
             log.error("C-FIND from %s failed: %s", calling, type(exc).__name__)
-            yield _failure(UNABLE_TO_PROCESS, f"unable to process: {type(exc).__name__}"), None
+            yield (
+                failure_status(UNABLE_TO_PROCESS, f"unable to process: {type(exc).__name__}"),
+                None,
+            )
             return
         log.info("C-FIND from %s: %d match(es)", calling, sent)
-
-
-def _failure(status: int, comment: str) -> Dataset:
-    ds = Dataset()
-    ds.Status = status
-    ds.ErrorComment = comment[:_ERROR_COMMENT_MAX]
-    return ds
 
 
 class MWLServer:

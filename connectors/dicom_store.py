@@ -39,6 +39,7 @@ from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import PresentationContext
 
 from connectors.base import InboundHandler, Origin
+from connectors.dicom_common import failure_status
 from connectors.dicom_mwl import AETitle
 from engine.archive import Archive, ChannelPolicy, Stored
 from engine.dicom_instance import InstanceHeader, file_head, read_instance
@@ -66,7 +67,6 @@ NOT_AUTHORIZED = 0x0124
 OUT_OF_RESOURCES = 0xA700
 DATA_SET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
-_ERROR_COMMENT_MAX = 64  # LO
 
 # When a sender offers several, pynetdicom's acceptor takes the first of *this*
 # list it also offered: lossless compression first (an image already
@@ -169,16 +169,16 @@ class StorageService:
         target = self._targets.get(called)
         if target is None:
             log.warning("C-STORE from %s refused: no channel serves AE %s", calling, called)
-            return _failure(NOT_AUTHORIZED, f"no channel serves called AE {called}")
+            return failure_status(NOT_AUTHORIZED, f"no channel serves called AE {called}")
         allowed = target.allowed_calling_aets
         if allowed is not None and calling not in allowed:
             log.warning("C-STORE from %s to %s refused: calling AE not allowed", calling, called)
-            return _failure(NOT_AUTHORIZED, "refused: calling AE not allowed")
+            return failure_status(NOT_AUTHORIZED, "refused: calling AE not allowed")
         try:
             return self._store(event, calling, called, target.policy)
         except Exception as exc:  # the server must outlive any bug in here
             log.exception("C-STORE from %s to %s failed", calling, called)
-            return _failure(CANNOT_UNDERSTAND, f"unable to process: {type(exc).__name__}")
+            return failure_status(CANNOT_UNDERSTAND, f"unable to process: {type(exc).__name__}")
 
     def _store(
         self, event: Event, calling: str, called: str, policy: ChannelPolicy
@@ -187,18 +187,18 @@ class StorageService:
             data, header = _received(event, calling)
         except MessageError as exc:
             log.warning("C-STORE from %s to %s refused: %s", calling, called, exc.reason)
-            return _failure(CANNOT_UNDERSTAND, exc.reason)
+            return failure_status(CANNOT_UNDERSTAND, exc.reason)
         mismatch = _mismatch(event, header)
         if mismatch is not None:
             log.warning("C-STORE from %s to %s refused: %s", calling, called, mismatch[1])
-            return _failure(*mismatch)
+            return failure_status(*mismatch)
         try:
             outcome = self._archive.store(
                 data, header, calling_aet=calling, called_aet=called, policy=policy
             )
         except StoreError as exc:
             log.error("C-STORE from %s to %s: %s", calling, called, exc)
-            return _failure(OUT_OF_RESOURCES, "archive unavailable; resend later")
+            return failure_status(OUT_OF_RESOURCES, "archive unavailable; resend later")
         if outcome is Stored.DUPLICATE:
             log.info("C-STORE from %s to %s: duplicate instance ignored", calling, called)
         else:
@@ -236,13 +236,6 @@ def _mismatch(event: Event, header: InstanceHeader) -> tuple[int, str] | None:
     if str(request.AffectedSOPInstanceUID) != header.sop_instance_uid:
         return CANNOT_UNDERSTAND, "SOP Instance UID differs from the request's"
     return None
-
-
-def _failure(status: int, comment: str) -> Dataset:
-    ds = Dataset()
-    ds.Status = status
-    ds.ErrorComment = comment[:_ERROR_COMMENT_MAX]
-    return ds
 
 
 # -- the ``dicom`` channel source ------------------------------------------------------

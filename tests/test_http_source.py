@@ -6,9 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import shutil
 import ssl
-import subprocess
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from connectors.base import InboundHandler, Origin
 from connectors.http_source import HttpSource, HttpSourceConfig, HttpTLSConfig
 from engine.datatypes.ai_results import AIResultsDataType
 from engine.errors import ConnectorError
+from tests.support.tls import self_signed_certificate
 
 LOCALHOST = "127.0.0.1"
 RESULT = b'{"model": "bleed-detect", "findings": []}'
@@ -316,19 +315,7 @@ def test_config_is_strict_and_keeps_the_token_secret() -> None:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert),
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def test_tls(certificate: tuple[Path, Path]) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
@@ -30,6 +28,7 @@ from connectors.mllp import (
 from connectors.mllp_framing import HEAD_BYTES, MLLPFrameReader, encode_frame
 from engine.errors import RecoverableError
 from engine.formats.hl7 import build_ack, decode, encode, parse
+from tests.support.tls import self_signed_certificate
 
 LOCALHOST = "127.0.0.1"
 
@@ -507,19 +506,7 @@ def test_send_messages_helper() -> None:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert),
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def test_tls_round_trip(certificate: tuple[Path, Path]) -> None:

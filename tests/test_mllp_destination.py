@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import socket
 import ssl
-import subprocess
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from tests.support.mllp_receivers import (
     Receiver,
     SilentReceiver,
 )
+from tests.support.tls import self_signed_certificate
 
 LOCALHOST = "127.0.0.1"
 
@@ -279,19 +278,7 @@ def test_no_message_content_is_logged(caplog: pytest.LogCaptureFixture) -> None:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert),
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 def test_tls_receiver(certificate: tuple[Path, Path]) -> None:
