@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", default=None, help="store URL (default: SQLite under --data)")
     serve.add_argument("--dicom-port", type=int, default=None, help="DICOM listener port (11112)")
     serve.add_argument("--dicom-aet", default=None, help="hub AE title (MERIDIAN)")
+    serve.add_argument("--admin-port", type=int, default=None, help="admin API port (8080)")
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check", help="validate every channel file and template")
@@ -69,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
     add_report_commands(sub)
 
     add_ai_node_arguments(sub.add_parser("ai-node", help="run the reference AI node (CT head)"))
+
+    from admin.user_cli import add_arguments as add_user_arguments
+
+    add_user_arguments(sub.add_parser("user", help="manage users of the admin API"))
     return parser
 
 
@@ -98,6 +103,8 @@ def _settings(args: argparse.Namespace) -> HubSettings:
             dicom["ae_title"] = args.dicom_aet
         if dicom:
             values["dicom"] = dicom
+        if args.admin_port is not None:
+            values["admin"] = {**dict(values.get("admin") or {}), "port": args.admin_port}
     return validate_settings(values, str(args.config or "settings"))
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from admin.settings import AdminSettings
 from connectors.dicom_mwl import DicomListenerConfig
 from engine.ai_result import AIMode
 from engine.normalize_config import NormalizeConfig
@@ -204,6 +205,7 @@ class HubSettings(_Strict):
     reading_worklist: ReadingWorklistConfig = Field(default_factory=ReadingWorklistConfig)
     ai_timeout_check_seconds: float = Field(default=5, gt=0)
     reprioritize_seconds: float = Field(default=60, gt=0)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
 
     def resolved_transforms_dir(self) -> Path:
         """The transforms folder in effect."""

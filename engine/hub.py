@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from admin.server import AdminServer
 from connectors.base import Source
 from connectors.dicom_mpps import MPPSService
 from connectors.dicom_mwl import MWLServer
@@ -49,6 +50,7 @@ class Hub:
         self._pool: ThreadPoolExecutor | None = None
         self.services: Services | None = None
         self._periodic: list[AITimeoutMonitor | Reprioritizer] = []
+        self.admin: AdminServer | None = None
 
     async def start(self) -> None:
         """Open the store, deploy every enabled channel, start the DICOM listener."""
@@ -90,6 +92,8 @@ class Hub:
             await self._deploy(channel, self.services, self._pool)
         await asyncio.to_thread(self.mwl.start)
         self._start_periodic(self.services)
+        self.admin = AdminServer(self.services, self, settings.admin)
+        await self.admin.start()
         assert self.mwl is not None
         log.info(
             "hub started: %d channel(s), DICOM AE %s on port %d, store %s",
@@ -150,6 +154,8 @@ class Hub:
 
     async def stop(self) -> None:
         """Stop listening, finish in-flight messages and deliveries, close the store."""
+        if self.admin is not None:
+            await self.admin.stop()
         for name, source in self.sources.items():
             await source.stop()
             log.info("channel %s: source stopped", name)

@@ -369,3 +369,13 @@ def test_worklist_and_messages_survive_a_restart(tmp_path: Path) -> None:
         assert len(mwl_query(second.dicom_port, AccessionNumber="ACCRESTART")) == 1
     finally:
         assert second.stop() == 0
+
+
+def test_admin_api_serves_health_and_metrics_and_guards_the_rest(hub: HubProcess) -> None:
+    import httpx
+
+    base = f"http://127.0.0.1:{hub.admin_port}"
+    assert httpx.get(f"{base}/healthz", timeout=10).status_code == 200
+    metrics = httpx.get(f"{base}/metrics", timeout=10).text
+    assert 'meridian_messages_total{channel="orders-to-worklist"' in metrics
+    assert httpx.get(f"{base}/api/messages", timeout=10).status_code == 401, "login required"

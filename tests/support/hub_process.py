@@ -50,6 +50,7 @@ class HubProcess:
     dicom_port: int
     data_dir: Path
     log_path: Path
+    admin_port: int = 0
 
     @property
     def db_path(self) -> Path:
@@ -113,7 +114,7 @@ def _apply(channel: dict[str, Any], override: dict[str, Any]) -> None:
 
 def start_hub(workdir: Path, overrides: Overrides | None = None) -> HubProcess:
     """Start ``meridian serve`` with the shipped channels and templates on free ports."""
-    mllp_port, dicom_port = free_port(), free_port()
+    mllp_port, dicom_port, admin_port = free_port(), free_port(), free_port()
     channels = prepare_channels(workdir / "channels", mllp_port, overrides)
     data_dir = workdir / "var"
     log_path = workdir / "hub.log"
@@ -131,12 +132,14 @@ def start_hub(workdir: Path, overrides: Overrides | None = None) -> HubProcess:
                 str(data_dir),
                 "--dicom-port",
                 str(dicom_port),
+                "--admin-port",
+                str(admin_port),
             ],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    hub = HubProcess(proc, mllp_port, dicom_port, data_dir, log_path)
+    hub = HubProcess(proc, mllp_port, dicom_port, data_dir, log_path, admin_port)
     try:
         wait_for_port(mllp_port, proc=proc)
         wait_for_port(dicom_port, proc=proc)
