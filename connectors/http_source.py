@@ -37,6 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.base import InboundHandler, Origin
+from connectors.server_stop import CLOSE_TIMEOUT, stop_gracefully
 from engine.errors import ConfigError, ConnectorError
 
 __all__ = ["HttpSource", "HttpSourceConfig", "HttpTLSConfig"]
@@ -44,7 +45,6 @@ __all__ = ["HttpSource", "HttpSourceConfig", "HttpTLSConfig"]
 logger = logging.getLogger(__name__)
 
 _MAX_HEAD_BYTES = 16 * 1024
-_CLOSE_TIMEOUT = 2.0
 _STATUS_OF_REPLY = {"accepted": 202, "rejected": 422, "error": 500}
 
 
@@ -142,21 +142,12 @@ class HttpSource:
         if self._server is None:
             return
         self._stopping = True
-        self._server.close()
-        for conn in list(self._connections):
-            if not conn.busy and conn.task is not None:
-                conn.task.cancel()  # waiting for a request: nothing in flight
-        tasks = [conn.task for conn in self._connections if conn.task is not None]
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=self.config.stop_timeout_seconds)
-            for task in late:
-                logger.warning("HTTP stop: a request still in progress after the timeout")
-                task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=_CLOSE_TIMEOUT)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_CLOSE_TIMEOUT):
-                await self._server.wait_closed()
+        await stop_gracefully(
+            self._server,
+            self._connections,
+            timeout=self.config.stop_timeout_seconds,
+            what="HTTP",
+        )
         self._server = None
 
     # -- one connection ----------------------------------------------------------------
@@ -357,5 +348,5 @@ def _address(sockname: object) -> str:
 async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-        async with asyncio.timeout(_CLOSE_TIMEOUT):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
             await writer.wait_closed()

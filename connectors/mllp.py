@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from connectors.base import InboundHandler, Origin
 from connectors.mllp_client import MLLPClient, client_ssl_context, send_messages
 from connectors.mllp_framing import Frame, MLLPFrameReader, encode_frame
+from connectors.server_stop import CLOSE_TIMEOUT, stop_gracefully
 from engine.errors import ConfigError, ConnectorError, DecodeError, ParseError
 from engine.formats.hl7 import build_ack, decode, encode, parse_header
 
@@ -50,7 +51,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _READ_CHUNK = 64 * 1024
-_CLOSE_TIMEOUT = 2.0  # a TLS peer that never answers close_notify must not stall us
 
 
 class TLSConfig(BaseModel):
@@ -184,21 +184,12 @@ class MLLPSource:
         if self._server is None:
             return
         self._stopping = True
-        self._server.close()
-        for conn in list(self._connections):
-            if not conn.busy and conn.task is not None:
-                conn.task.cancel()  # waiting for data: nothing in flight
-        tasks = [conn.task for conn in self._connections if conn.task is not None]
-        if tasks:
-            _, late = await asyncio.wait(tasks, timeout=self.config.stop_timeout_seconds)
-            for task in late:
-                logger.warning("MLLP stop: a message still in progress after the timeout")
-                task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=_CLOSE_TIMEOUT)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_CLOSE_TIMEOUT):
-                await self._server.wait_closed()
+        await stop_gracefully(
+            self._server,
+            self._connections,
+            timeout=self.config.stop_timeout_seconds,
+            what="MLLP",
+        )
         self._server = None
 
     def _local_address(self) -> str:
@@ -302,5 +293,5 @@ class MLLPSource:
 async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-        async with asyncio.timeout(_CLOSE_TIMEOUT):
+        async with asyncio.timeout(CLOSE_TIMEOUT):
             await writer.wait_closed()

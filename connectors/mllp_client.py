@@ -14,6 +14,7 @@ import ssl
 from typing import Self
 
 from connectors.mllp_framing import MLLPFrameReader, encode_frame
+from connectors.server_stop import CLOSE_TIMEOUT
 from engine.errors import ConfigError, RecoverableError
 
 __all__ = ["MLLPClient", "client_ssl_context", "send_messages"]
@@ -21,7 +22,6 @@ __all__ = ["MLLPClient", "client_ssl_context", "send_messages"]
 logger = logging.getLogger(__name__)
 
 _READ_CHUNK = 64 * 1024
-_CLOSE_TIMEOUT = 2.0
 
 
 def client_ssl_context(
@@ -156,7 +156,7 @@ class MLLPClient:
             return
         writer.close()
         with contextlib.suppress(OSError, TimeoutError):
-            async with asyncio.timeout(_CLOSE_TIMEOUT):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
                 await writer.wait_closed()
 
     async def __aenter__(self) -> Self:
