@@ -27,11 +27,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.base import Delivery
 from connectors.fhir_auth import SmartBackendAuth, SmartBackendConfig
@@ -44,7 +43,15 @@ from connectors.fhir_bundle import (
     read_transaction_response,
     validate_resource,
 )
-from connectors.http_common import BasicAuth, BearerAuth, HttpTarget, NoAuth, async_client
+from connectors.http_common import (
+    BasicAuth,
+    BearerAuth,
+    HttpTarget,
+    HttpUrl,
+    NoAuth,
+    TlsVerify,
+    async_client,
+)
 from engine.errors import PermanentError, RecoverableError
 
 __all__ = [
@@ -72,31 +79,16 @@ class FhirConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["fhir"]
-    base_url: str = Field(description="the FHIR base (service root), http:// or https://")
+    base_url: HttpUrl = Field(description="the FHIR base (service root), http:// or https://")
     auth: FhirAuth = Field(default_factory=NoAuth)
     timeout_seconds: float = Field(default=60, gt=0, description="each HTTP request")
-    verify_tls: bool | Path = Field(
+    verify_tls: TlsVerify = Field(
         default=True, description="verify the server certificate; a path names a CA bundle"
     )
     create_only: list[str] = Field(
         default_factory=lambda: ["ImagingStudy"],
         description="resource types created when absent but never overwritten (ifNoneExist)",
     )
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        url = httpx.URL(value)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("an http:// or https:// URL with a host")
-        return value.rstrip("/")
-
-    @field_validator("verify_tls")
-    @classmethod
-    def _ca_bundle_exists(cls, value: bool | Path) -> bool | Path:
-        if isinstance(value, Path) and not value.is_file():
-            raise ValueError(f"CA bundle {value} is not a file")
-        return value
 
     def http_target(self) -> HttpTarget:
         """The connection settings in the shape the shared HTTP client takes.

@@ -7,9 +7,18 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
-__all__ = ["BasicAuth", "BearerAuth", "HttpAuth", "HttpTarget", "NoAuth", "async_client"]
+__all__ = [
+    "BasicAuth",
+    "BearerAuth",
+    "HttpAuth",
+    "HttpTarget",
+    "HttpUrl",
+    "NoAuth",
+    "TlsVerify",
+    "async_client",
+]
 
 
 class NoAuth(BaseModel):
@@ -39,32 +48,36 @@ class BearerAuth(BaseModel):
 HttpAuth = Annotated[NoAuth | BasicAuth | BearerAuth, Field(discriminator="type")]
 
 
+def _http_url(value: str) -> str:
+    url = httpx.URL(value)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError("an http:// or https:// URL with a host")
+    return value.rstrip("/")
+
+
+def _ca_bundle_exists(value: bool | Path) -> bool | Path:
+    if isinstance(value, Path) and not value.is_file():
+        raise ValueError(f"CA bundle {value} is not a file")
+    return value
+
+
+#: An http(s) URL with a host, trailing slash removed.
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+#: Verify the server certificate (True), don't (False), or against this CA bundle.
+TlsVerify = Annotated[bool | Path, AfterValidator(_ca_bundle_exists)]
+
+
 class HttpTarget(BaseModel):
     """The connection fields of an HTTP destination's config (secrets never shown)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(description="the service root (http:// or https://)")
+    url: HttpUrl = Field(description="the service root (http:// or https://)")
     auth: HttpAuth = Field(default_factory=NoAuth)
     timeout_seconds: float = Field(default=120, gt=0, description="the whole request")
-    verify_tls: bool | Path = Field(
+    verify_tls: TlsVerify = Field(
         default=True, description="verify the server certificate; a path names a CA bundle"
     )
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        url = httpx.URL(value)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError("an http:// or https:// URL with a host")
-        return value.rstrip("/")
-
-    @field_validator("verify_tls")
-    @classmethod
-    def _ca_bundle_exists(cls, value: bool | Path) -> bool | Path:
-        if isinstance(value, Path) and not value.is_file():
-            raise ValueError(f"CA bundle {value} is not a file")
-        return value
 
 
 def async_client(target: HttpTarget) -> httpx.AsyncClient:
