@@ -63,13 +63,10 @@ log = logging.getLogger(__name__)
 
 Severity = Literal["warning", "error"]
 
-# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
-_Id = Id
-
 alerts = Table(
     "alerts",
     metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("id", Id, primary_key=True, autoincrement=True),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("kind", String(32), nullable=False),
     Column("severity", String(16), nullable=False),

@@ -58,14 +58,12 @@ __all__ = [
 RECEIVING = "RECEIVING"
 COMPLETE = "COMPLETE"
 
-# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
-_Id = Id
 _UID = String(64)
 
 archive_instances = Table(
     "archive_instances",
     metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("id", Id, primary_key=True, autoincrement=True),
     Column("channel", String(64), nullable=False),
     Column("sop_instance_uid", _UID, nullable=False),
     Column("study_instance_uid", _UID, nullable=False),
@@ -94,7 +92,7 @@ archive_instances = Table(
 archive_studies = Table(
     "archive_studies",
     metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("id", Id, primary_key=True, autoincrement=True),
     Column("channel", String(64), nullable=False),
     Column("assembly_key", _UID, nullable=False),
     Column("study_instance_uid", _UID, nullable=False),

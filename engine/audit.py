@@ -72,13 +72,10 @@ AuditKind = Literal[
 ]
 AUDIT_KINDS: tuple[str, ...] = get_args(AuditKind)
 
-# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
-_Id = Id
-
 audit_events = Table(
     "audit_events",
     metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("id", Id, primary_key=True, autoincrement=True),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("study_instance_uid", String(64)),
     Column("accession_number", String(64)),

@@ -46,9 +46,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import SQLAlchemyError
 
-from engine.errors import StoreError
 from engine.mpps_step import (
     FINAL_STATUSES,
     DuplicateStepError,
@@ -64,6 +62,7 @@ from engine.mpps_step import (
     step_links,
     text,
 )
+from engine.store.db import read_rows
 from engine.store.schema import Id, metadata
 from engine.worklist import WorklistStore
 from engine.worklist_item import WorklistItem
@@ -311,11 +310,7 @@ class MPPSStore:
         return self._read(query)
 
     def _read(self, query: Any) -> list[dict[str, Any]]:
-        try:
-            with self._engine.connect() as conn:
-                return [dict(row) for row in conn.execute(query).mappings()]
-        except SQLAlchemyError as exc:
-            raise StoreError(f"MPPS read failed: {type(exc).__name__}") from exc
+        return [dict(row) for row in read_rows(self._engine, query, "MPPS")]
 
 
 def _find_order(conn: Connection, link: StepLink) -> _Order | None:

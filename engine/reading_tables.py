@@ -53,13 +53,10 @@ ReadingStatus = Literal["PENDING", "UNREAD", "IN_PROGRESS", "READ"]
 #: Statuses of work still to do (PENDING placeholders are not work yet; READ is done).
 OPEN_STATUSES: tuple[ReadingStatus, ...] = ("UNREAD", "IN_PROGRESS")
 
-# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
-_Id = Id
-
 reading_items = Table(
     "reading_items",
     metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("id", Id, primary_key=True, autoincrement=True),
     Column("study_instance_uid", String(64), nullable=False, unique=True),
     # PHI-adjacent identifiers: shown to readers, never logged.
     Column("accession_number", String(64)),

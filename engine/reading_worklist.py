@@ -44,6 +44,7 @@ from engine.reading_tables import (
     summary_flags,
     utc,
 )
+from engine.store.db import read_rows
 from engine.store.group_commit import GroupCommitter
 from engine.study_batch import StudyBatch
 
@@ -293,11 +294,11 @@ class ReadingWorklist:
     def workloads(self) -> dict[str, int]:
         """Open items per reader: IN_PROGRESS plus UNREAD assigned to them."""
         query = (
-            select(_T.c.assigned_to, func.count())
+            select(_T.c.assigned_to, func.count().label("open_items"))
             .where(_T.c.assigned_to.is_not(None), _T.c.status.in_(OPEN_STATUSES))
             .group_by(_T.c.assigned_to)
         )
-        return {row[0]: int(row[1]) for row in self._read(query, mappings=False)}
+        return {row["assigned_to"]: int(row["open_items"]) for row in self._read(query)}
 
     def suggest_assignee(
         self, item: ReadingItem, radiologists: Sequence[Radiologist] | None = None
@@ -306,13 +307,8 @@ class ReadingWorklist:
         readers = self.config.radiologists if radiologists is None else radiologists
         return choose_assignee(item.subspecialty, readers, self.workloads())
 
-    def _read(self, query: Any, *, mappings: bool = True) -> list[Any]:
-        try:
-            with self._engine.connect() as conn:
-                result = conn.execute(query)
-                return list(result.mappings() if mappings else result)
-        except SQLAlchemyError as exc:
-            raise StoreError(f"reading worklist read failed: {type(exc).__name__}") from exc
+    def _read(self, query: Any) -> list[RowMapping]:
+        return read_rows(self._engine, query, "reading worklist")
 
 
 def choose_assignee(

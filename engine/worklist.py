@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, RowMapping, bindparam, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.errors import PermanentError, StoreError, TransformError
+from engine.store.db import read_rows
 from engine.worklist_dataset import (
     ENDED_STATUSES,
     dataset_from_attributes,
@@ -45,6 +46,7 @@ class PreparedItem:
 
     item: WorklistItem
     new_row: tuple[dict[str, Any], str] | None
+
 
 _END_STATUS = {"cancel": "CANCELED", "discontinue": "DISCONTINUED"}
 _INSERT = worklist_items.insert()
@@ -226,11 +228,7 @@ class WorklistStore:
         return self._read(query)
 
     def _read(self, query: Any) -> list[dict[str, Any]]:
-        try:
-            with self._engine.connect() as conn:
-                return [dict(row) for row in conn.execute(query).mappings()]
-        except SQLAlchemyError as exc:
-            raise StoreError(f"worklist read failed: {type(exc).__name__}") from exc
+        return [dict(row) for row in read_rows(self._engine, query, "worklist")]
 
 
 def _row_values(dataset: Dataset) -> dict[str, Any]:

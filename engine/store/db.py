@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Executable, RowMapping, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.errors import StoreError
 from engine.store.schema import metadata
 
-__all__ = ["is_sqlite", "open_engine"]
+__all__ = ["is_sqlite", "open_engine", "read_rows"]
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -42,6 +42,15 @@ def open_engine(url: str, *, create_schema: bool = True) -> Engine:
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot open the message store: {exc.__class__.__name__}: {exc}") from exc
     return store
+
+
+def read_rows(engine: Engine, query: Executable, what: str) -> list[RowMapping]:
+    """Run a read on its own short connection; a database failure is a PHI-free StoreError."""
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(query).mappings())
+    except SQLAlchemyError as exc:
+        raise StoreError(f"{what} read failed: {type(exc).__name__}") from exc
 
 
 def _engine_options(url: str) -> dict[str, Any]:
