@@ -22,7 +22,7 @@ from typing import Any
 from pydicom import dcmread
 
 from engine.archive import Archive, PendingUnit
-from engine.study_batch import METADATA_KEYWORDS, StudyBatch
+from engine.study_batch import METADATA_KEYWORDS, StudyBatch, metadata_text
 
 __all__ = ["METADATA_KEYWORDS", "Dispatch", "StudyAssembler", "read_metadata"]
 
@@ -37,15 +37,7 @@ _MAX_BACKOFF_SECONDS = 30.0
 def read_metadata(path: Path) -> dict[str, Any]:
     """The :data:`METADATA_KEYWORDS` of one file's header (pixel data is not read)."""
     ds = dcmread(path, stop_before_pixels=True, specific_tags=list(METADATA_KEYWORDS))
-    return {keyword: _plain(ds.get(keyword)) for keyword in METADATA_KEYWORDS}
-
-
-def _plain(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
+    return {keyword: metadata_text(ds.get(keyword)) for keyword in METADATA_KEYWORDS}
 
 
 class StudyAssembler:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["METADATA_KEYWORDS", "InstanceRef", "StudyBatch"]
+__all__ = ["METADATA_KEYWORDS", "InstanceRef", "StudyBatch", "metadata_text"]
 
 #: Study-level attributes a batch's ``metadata`` carries (plain strings, '' when
 #: absent), read from its first instance: what routing rules look at.
@@ -31,6 +31,15 @@ METADATA_KEYWORDS = (
     "StudyTime",
     "ReferringPhysicianName",
 )
+
+
+def metadata_text(value: Any) -> str:
+    """A DICOM value as ``metadata`` holds it: '' when absent, multi-values joined by '\\'."""
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
 
 
 class InstanceRef(BaseModel):

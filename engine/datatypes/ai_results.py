@@ -51,7 +51,7 @@ from engine.files import write_durably
 from engine.states import MessageStatus
 from engine.store.messages import InboundRecord
 from engine.study_assembly import METADATA_KEYWORDS
-from engine.study_batch import InstanceRef, StudyBatch
+from engine.study_batch import InstanceRef, StudyBatch, metadata_text
 from engine.validation import describe_validation_error
 
 __all__ = ["MESSAGE_TYPE", "AIResultsDataType"]
@@ -259,15 +259,7 @@ def _summary(datasets: list[tuple[InstanceRef, Dataset]]) -> AIResult | None:
 
 def _study_attributes(ds: Dataset) -> dict[str, str]:
     keywords = ("StudyInstanceUID", *METADATA_KEYWORDS)
-    return {keyword: _plain(ds.get(keyword)) for keyword in keywords}
-
-
-def _plain(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
+    return {keyword: metadata_text(ds.get(keyword)) for keyword in keywords}
 
 
 def _context(kind: str, study: dict[str, Any], results: list[AIResult]) -> dict[str, Any]:
