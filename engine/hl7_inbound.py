@@ -8,12 +8,11 @@ NAK can carry MSA-2 and the sender can match it.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from typing import Literal
 
 import hl7
 
+from engine.datatypes.base import Outcome
 from engine.errors import MessageError, ParseError
 from engine.formats.hl7 import (
     HL7Header,
@@ -26,9 +25,7 @@ from engine.formats.hl7 import (
     parse_header,
 )
 
-__all__ = ["InboundHL7", "Outcome", "best_effort_header", "content_hash", "read_hl7", "reply_for"]
-
-Outcome = Literal["accepted", "error", "rejected"]
+__all__ = ["InboundHL7", "best_effort_header", "read_hl7", "reply_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +80,6 @@ def reply_for(
         return None, None
     text = build_ack(header, code, reason, error_code=error_code)
     return text, encode(text, header, default_charset)
-
-
-def content_hash(raw: bytes) -> str:
-    """Hash of the exact bytes received, for duplicate detection."""
-    return hashlib.sha256(raw).hexdigest()
 
 
 def _first_component(message: hl7.Message, segment_id: str, field: int) -> str | None:

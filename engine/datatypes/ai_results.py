@@ -27,7 +27,6 @@ reply is ``{"status": "rejected"|"error", "reason": ...}`` so an HTTP caller lea
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from engine.deid import Deidentifier
 from engine.errors import ParseError, TransformError
 from engine.files import write_durably
 from engine.states import MessageStatus
-from engine.store.messages import InboundRecord
+from engine.store.messages import InboundRecord, content_hash
 from engine.study_assembly import METADATA_KEYWORDS
 from engine.study_batch import InstanceRef, StudyBatch, metadata_text
 from engine.validation import describe_validation_error
@@ -146,7 +145,7 @@ class AIResultsDataType:
             control_id=control_id[:_ID_LENGTH],
             patient_id=str(study.get("PatientID") or "")[:64] or None,
             accession=str(study.get("AccessionNumber") or "")[:64] or None,
-            content_hash=hashlib.sha256(raw).hexdigest(),
+            content_hash=content_hash(raw),
         )
 
     def check_accepted(self, message: ReadMessage) -> None:

@@ -10,7 +10,6 @@ normalized copy; the archive keeps the instance as received. Routing rules
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +22,7 @@ from engine.datatypes.base import ReadMessage, SilentDataType
 from engine.errors import ParseError, TransformError
 from engine.files import write_durably
 from engine.states import MessageStatus
-from engine.store.messages import InboundRecord
+from engine.store.messages import InboundRecord, content_hash
 from engine.study_batch import InstanceRef, StudyBatch
 from engine.validation import describe_validation_error
 
@@ -81,7 +80,7 @@ class StudyDataType(SilentDataType):
             control_id=f"{batch.study_instance_uid}#{batch.batch}",
             patient_id=str(batch.metadata.get("PatientID") or "")[:64] or None,
             accession=str(batch.metadata.get("AccessionNumber") or "")[:64] or None,
-            content_hash=hashlib.sha256(raw).hexdigest(),
+            content_hash=content_hash(raw),
         )
         return ReadMessage(record, _context(batch, batch.metadata), record.raw, native=batch)
 
@@ -120,7 +119,6 @@ class StudyDataType(SilentDataType):
             / ref.series_instance_uid
             / f"{ref.sop_instance_uid}.dcm"
         )
-
 
 
 def _context(batch: StudyBatch, metadata: dict[str, Any]) -> dict[str, Any]:

@@ -7,10 +7,10 @@ from engine.config import InboundConfig
 from engine.datatypes.base import Outcome, ReadMessage, Reply
 from engine.errors import RejectedError
 from engine.formats.hl7 import HL7Header, encode
-from engine.hl7_inbound import InboundHL7, best_effort_header, content_hash, read_hl7, reply_for
+from engine.hl7_inbound import InboundHL7, best_effort_header, read_hl7, reply_for
 from engine.hl7_view import HL7View
 from engine.states import MessageStatus
-from engine.store.messages import InboundRecord
+from engine.store.messages import InboundRecord, content_hash
 
 __all__ = ["HL7v2DataType"]
 

@@ -8,8 +8,6 @@ its ``event_id``, so duplicate control drops it.
 
 from __future__ import annotations
 
-import hashlib
-
 from pydantic import ValidationError
 
 from connectors.base import Origin
@@ -17,7 +15,7 @@ from engine.datatypes.base import ReadMessage, SilentDataType
 from engine.errors import ParseError
 from engine.mpps_step import ProcedureStepEvent
 from engine.states import MessageStatus
-from engine.store.messages import InboundRecord
+from engine.store.messages import InboundRecord, content_hash
 from engine.validation import describe_validation_error
 
 __all__ = ["MESSAGE_TYPE", "ProcedureStepDataType"]
@@ -50,6 +48,6 @@ class ProcedureStepDataType(SilentDataType):
             control_id=event.event_id,
             patient_id=event.patient_id[:64] or None,
             accession=event.accession_number[:64] or None,
-            content_hash=hashlib.sha256(raw).hexdigest(),
+            content_hash=content_hash(raw),
         )
         return ReadMessage(record, {"event": event.model_dump()}, record.raw, native=event)

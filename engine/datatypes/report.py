@@ -7,8 +7,6 @@ destinations render them with their own templates (ORU^R01, FHIR R4).
 
 from __future__ import annotations
 
-import hashlib
-
 from pydantic import ValidationError
 
 from connectors.base import Origin
@@ -16,7 +14,7 @@ from engine.datatypes.base import ReadMessage, SilentDataType
 from engine.errors import ParseError
 from engine.report import StudyReport
 from engine.states import MessageStatus
-from engine.store.messages import InboundRecord
+from engine.store.messages import InboundRecord, content_hash
 from engine.validation import describe_validation_error
 
 __all__ = ["MESSAGE_TYPE", "ReportDataType"]
@@ -50,7 +48,7 @@ class ReportDataType(SilentDataType):
             control_id=f"{report.accession_number}|{report.status}|{report.reported_at.isoformat()}",
             patient_id=report.patient.id[:64],
             accession=report.accession_number[:64],
-            content_hash=hashlib.sha256(raw).hexdigest(),
+            content_hash=content_hash(raw),
         )
         context = {"report": report.model_dump(mode="json")}
         return ReadMessage(record, context, record.raw, native=report)

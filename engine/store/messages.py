@@ -8,6 +8,7 @@ themselves. Moves of a queue entry check the state machine in SQL
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,7 @@ __all__ = [
     "InsertResult",
     "QueueEntry",
     "QueueItem",
+    "content_hash",
     "get_message",
     "insert_inbound",
     "mark_error",
@@ -31,6 +33,11 @@ __all__ = [
     "now",
     "pending_entries",
 ]
+
+
+def content_hash(raw: bytes) -> str:
+    """Hash of the exact bytes received, the content part of a duplicate key."""
+    return hashlib.sha256(raw).hexdigest()
 
 
 def now() -> datetime:
