@@ -84,12 +84,9 @@ def reply_for(
 
 def _first_component(message: hl7.Message, segment_id: str, field: int) -> str | None:
     """First component of the first repetition of a field, '' and absent → None."""
-    for segment in message:
-        if str(segment[0]) != segment_id:
-            continue
-        try:
-            value = str(message.extract_field(segment_id, 1, field, 1, 1))
-        except (IndexError, KeyError, ParseError):
-            return None
-        return value[:64] or None
-    return None
+    try:
+        # python-hl7 raises KeyError for a missing segment, so no scan beforehand.
+        value = str(message.extract_field(segment_id, 1, field, 1, 1))
+    except (IndexError, KeyError, ParseError):
+        return None
+    return value[:64] or None
