@@ -270,15 +270,8 @@ class MPPSStore:
     def _move(self, conn: Connection, order: _Order, status: str) -> None:
         if order.status in _SETTLED or order.status == status:
             return
+        # COMPLETED and DISCONTINUED are ended statuses: the store takes the item off.
         self._worklist.apply(conn, WorklistItem(action="status", key=order.key, status=status))
-        if status == "COMPLETED":
-            # Stopgap while engine.worklist_dataset.ENDED_STATUSES lacks COMPLETED:
-            # take the item off the worklist here (a no-op once it has it).
-            conn.execute(
-                update(worklist_items)
-                .where(worklist_items.c.item_key == order.key)
-                .values(active=False)
-            )
 
     # -- reads (own short connections) ----------------------------------------------------
 
