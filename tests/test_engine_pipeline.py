@@ -211,3 +211,70 @@ def test_channel_destination_forwards_to_another_channel(tmp_path: Path, db_url:
         assert "ORC|NW|FW1|" in sink.received[0]
 
     run(body, tmp_path, "memory-unused", db_url, extra_only=True)
+
+
+STUDY_ROUTING = """
+name: study-routing
+inbound:
+  data_type: dicom-study
+source: {{type: memory, instance: {name}-in}}
+destinations:
+  - name: from-ct1
+    type: memory
+    instance: {name}-ct1
+    filters: [{{name: sent by CT1, when: 'batch.calling_aet == "CT1"'}}]
+  - name: head-procedures
+    type: memory
+    instance: {name}-head
+    filters: [{{name: CT head procedure, when: 'study.ProcedureCode == "CTHEAD"'}}]
+  - name: mornings
+    type: memory
+    instance: {name}-morning
+    filters: [{{name: before noon, when: "now.hour < 12"}}]
+"""
+
+
+def queued_for(db_url: str, destination: str) -> int:
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            query = text("SELECT count(*) FROM queue_entries WHERE destination = :d")
+            return int(conn.execute(query, {"d": destination}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def study_batch(calling_aet: str, procedure: str) -> str:
+    from engine.study_batch import InstanceRef, StudyBatch
+
+    ref = InstanceRef(sop_instance_uid="1.2.3.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                      series_instance_uid="1.2.3.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
+                      path="/nonexistent/1.dcm")  # fmt: skip
+    return StudyBatch(
+        study_instance_uid=f"1.2.3.{calling_aet}.{procedure}", batch=1, calling_aet=calling_aet,
+        called_aet="MERIDIAN", instances=[ref],
+        metadata={"Modality": "CT", "ProcedureCode": procedure},
+    ).model_dump_json()  # fmt: skip
+
+
+def test_studies_are_routed_by_source_ae_procedure_and_time_of_day(
+    tmp_path: Path, db_url: str
+) -> None:
+    from datetime import datetime
+
+    (tmp_path / "channels").mkdir()
+    (tmp_path / "channels" / "routing.yaml").write_text(STUDY_ROUTING.format(name="route"))
+
+    async def body(hub: Hub) -> None:
+        morning = datetime.now().hour < 12
+        source = MEMORY_SOURCES["route-in"]
+        assert await source.inject(study_batch("CT1", "CTHEAD").encode()) is None
+        assert await source.inject(study_batch("MR2", "MRKNEE").encode()) is None
+        ct1, head = MEMORY_DESTINATIONS["route-ct1"], MEMORY_DESTINATIONS["route-head"]
+        await until(lambda: len(ct1.received) == 1 and len(head.received) == 1)
+        assert '"calling_aet":"CT1"' in ct1.received[0]
+        assert '"ProcedureCode":"CTHEAD"' in head.received[0]
+        # The routing decision is committed with the message: count the queue entries.
+        assert queued_for(db_url, "mornings") == (2 if morning else 0)
+
+    run(body, tmp_path, "unused", db_url, extra_only=True)
