@@ -173,7 +173,3 @@ class Hub:
         if self._engine is not None:
             self._engine.dispose()
         log.info("hub stopped")
-
-    def all_workers(self) -> list[DestinationWorker]:
-        """Every destination worker of every channel."""
-        return [w for r in self.runtimes.values() for w in r.workers]

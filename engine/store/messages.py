@@ -25,7 +25,6 @@ __all__ = [
     "QueueEntry",
     "QueueItem",
     "content_hash",
-    "get_message",
     "insert_inbound",
     "mark_error",
     "mark_retry",
@@ -289,10 +288,3 @@ def _refresh_message_status(conn: Connection, message_id: int, stamp: datetime) 
             updated_at=stamp,
         )
     )
-
-
-def get_message(engine: Engine, message_id: int) -> dict[str, Any] | None:
-    """One stored message with its content at each stage, as a plain dict."""
-    with engine.connect() as conn:
-        row = conn.execute(select(messages).where(messages.c.id == message_id)).mappings().first()
-        return dict(row) if row is not None else None
