@@ -123,3 +123,20 @@ def test_backoff_grows_exponentially_and_is_capped() -> None:
     jittered = RetryPolicy(initial_backoff_seconds=4, jitter=0.25)
     delays = {backoff_delay(jittered, 1, random.Random(seed)) for seed in range(20)}
     assert all(3 <= d <= 5 for d in delays) and len(delays) > 1
+
+
+def test_a_cancelled_waiter_neither_gets_its_write_nor_stops_the_writer(
+    store: Engine, committer: GroupCommitter
+) -> None:
+    gate = threading.Event()
+    blocker = committer.submit(lambda conn: gate.wait(5))  # holds the writer in a batch
+    cancelled = committer.submit(insert_inbound(record("C1", raw="c1"), duplicate_control=True))
+    assert cancelled.cancel()
+    gate.set()
+    blocker.result(timeout=5)
+    later = committer.submit(insert_inbound(record("C2", raw="c2"), duplicate_control=True))
+    after = later.result(timeout=5)  # a dead writer would never answer
+    assert after.message_id > 0, "the writer is still alive"
+    with store.connect() as conn:
+        controls = [row[0] for row in conn.execute(select(messages.c.control_id))]
+    assert controls == ["C2"]

@@ -90,7 +90,12 @@ class GroupCommitter:
                     stopping = True
                     break
                 batch.append(item)
-            self._commit(batch)
+            # Claim each future before its write: one whose waiter was cancelled
+            # (a hub stopping, a client gone) is skipped, since nobody was promised
+            # anything; a claimed future can no longer be cancelled under us.
+            claimed = [item for item in batch if item[1].set_running_or_notify_cancel()]
+            if claimed:
+                self._commit(claimed)
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
