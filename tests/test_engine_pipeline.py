@@ -74,6 +74,7 @@ def run(
             "data_dir": tmp_path / "var",
             "db_url": db_url,
             "dicom": {"port": 0},
+            "admin": {"port": 0},
         }
     )
 
