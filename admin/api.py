@@ -10,7 +10,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from admin import messages_api, security, users_api, views_api
+from admin import (
+    alerts_api,
+    channels_api,
+    messages_api,
+    reports_api,
+    security,
+    testbench_api,
+    ui,
+    users_api,
+    views_api,
+)
 from admin.context import AdminContext, context
 from admin.metrics import CONTENT_TYPE, render_metrics
 from admin.settings import AdminSettings
@@ -35,7 +45,17 @@ def create_app(services: Services, hub: Hub | None, settings: AdminSettings) -> 
         redoc_url=None,
     )
     app.state.admin = AdminContext(services=services, hub=hub, settings=settings)
-    for module in (security, messages_api, users_api, views_api):
+    for module in (
+        security,
+        messages_api,
+        users_api,
+        views_api,
+        channels_api,
+        testbench_api,
+        reports_api,
+        alerts_api,
+        ui,
+    ):
         app.include_router(module.router)
     app.middleware("http")(_security_headers)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"])
