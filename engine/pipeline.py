@@ -22,16 +22,16 @@ from sqlalchemy import Connection
 from connectors.base import Origin
 from engine.audit import AuditEvent, routed_event
 from engine.audit import record as record_audit
-from engine.config import AIModelConfig, Channel, ChannelDestination, FilterRule
+from engine.channel_steps import ChannelSteps, CompiledFilter
+from engine.config import Channel
 from engine.datatypes.base import DataType, Outcome, ReadMessage, Reply
 from engine.errors import EngineError, FilterError, MessageError, RejectedError, TransformError
 from engine.queue import DestinationWorker
 from engine.services import Services
 from engine.states import MessageStatus, check_transition
-from engine.store.messages import InboundRecord, InsertResult, QueueItem, insert_inbound
-from engine.transform import Transformer
+from engine.store.messages import InboundRecord, InsertResult, insert_inbound
 
-__all__ = ["ChannelRuntime", "CompiledFilter"]
+__all__ = ["ChannelRuntime", "CompiledFilter", "Processed"]
 
 log = logging.getLogger(__name__)
 
@@ -39,27 +39,20 @@ _Result = tuple[Outcome, str | None, str | None]
 _STORE_DOWN = "message store unavailable; resend later"
 
 
-@dataclass(frozen=True)
-class CompiledFilter:
-    """A filter rule compiled once at deploy time."""
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """What became of one message: the reply for the sender and the stored message.
 
-    name: str
-    test: Callable[..., Any]
+    ``message_id`` is None when the store was down and the sender was told to resend;
+    ``status`` is the status stored with the message (None for a duplicate, which
+    stored nothing new: ``message_id`` is then the earlier message's).
+    """
 
-    def passes(self, context: dict[str, Any]) -> bool:
-        """Evaluate the rule; an evaluation error is a FilterError naming the rule."""
-        try:
-            return bool(self.test(**context))
-        except Exception as exc:
-            raise FilterError(f"filter '{self.name}' failed: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class _DestinationStep:
-    name: str
-    filters: list[CompiledFilter]
-    transformer: Transformer | None
-    ai: AIModelConfig | None = None
+    reply: bytes | None
+    message_id: int | None
+    status: MessageStatus | None
+    duplicate: bool = False
+    error: str | None = None
 
 
 class ChannelRuntime:
@@ -77,13 +70,7 @@ class ChannelRuntime:
         self._pool = pool
         self._datatype = datatype
         self._duplicate_control = channel.file.inbound.duplicate_control
-        self._filters = [self._compile(rule) for rule in channel.file.filters]
-        self._transformer = (
-            Transformer(channel.file.transform, services.templates)
-            if channel.file.transform is not None
-            else None
-        )
-        self._steps = [self._destination_step(d) for d in channel.destinations if d.spec.enabled]
+        self._steps = ChannelSteps(channel, services.templates)
         self.workers: list[DestinationWorker] = []
 
     @property
@@ -91,33 +78,32 @@ class ChannelRuntime:
         """The channel's name."""
         return self.channel.name
 
-    def _compile(self, rule: FilterRule) -> CompiledFilter:
-        return CompiledFilter(rule.name, self._services.templates.compile_expression(rule.when))
-
-    def _destination_step(self, destination: ChannelDestination) -> _DestinationStep:
-        spec = destination.spec
-        transformer = (
-            Transformer(spec.transform, self._services.templates) if spec.transform else None
-        )
-        filters = [self._compile(rule) for rule in spec.filters]
-        return _DestinationStep(spec.name, filters, transformer, spec.ai)
-
     async def handle(self, raw: bytes, origin: Origin) -> bytes | None:
         """The source's handler: process and store ``raw``, then return the reply."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.process, raw, origin)
+
+    async def submit(self, raw: bytes, origin: Origin) -> Processed:
+        """Like :meth:`handle`, but says which message was stored, once it is committed."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.process_message, raw, origin)
 
     async def handle_oversize(self, head: bytes, origin: Origin, size: int) -> bytes | None:
         """A message over the source's size limit: store its head as ERROR and answer AR."""
         limit = getattr(self.channel.source, "max_message_bytes", None)
         reason = f"message of {size} bytes exceeds the limit of {limit} bytes"
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
+        processed = await loop.run_in_executor(
             self._pool, self._store_unreadable, head, origin, reason, "104"
         )
+        return processed.reply
 
     def process(self, raw: bytes, origin: Origin) -> bytes | None:
         """Process one message synchronously (in a pipeline thread); returns the reply bytes."""
+        return self.process_message(raw, origin).reply
+
+    def process_message(self, raw: bytes, origin: Origin) -> Processed:
+        """Process and store one message synchronously (in a pipeline thread)."""
         try:
             message = self._datatype.read(raw, origin)
         except MessageError as exc:
@@ -132,13 +118,13 @@ class ChannelRuntime:
         record = message.record
         try:
             self._datatype.check_accepted(message)
-            if not all(f.passes(message.context) for f in self._filters):
+            if not self._steps.accepts(message.context):
                 record.status = check_transition(record.status, MessageStatus.FILTERED)
                 return "accepted", None, None
-            payloads, transformed = self._transform(message)
+            payloads, transformed = self._steps.transform(self._datatype, message)
             record.status = check_transition(record.status, MessageStatus.TRANSFORMED)
             record.transformed = transformed
-            record.queue = self._route(message.context, payloads)
+            record.queue = self._steps.route(message.context, payloads)
             final = MessageStatus.QUEUED if record.queue else MessageStatus.FILTERED
             record.status = check_transition(record.status, final)
             return "accepted", None, None
@@ -147,35 +133,12 @@ class ChannelRuntime:
         except (TransformError, FilterError) as exc:
             return self._errored(record, exc, "error", "207")
 
-    def _transform(self, message: ReadMessage) -> tuple[list[str], str | None]:
-        """The payloads for the destinations, and the transformed content to store."""
-        builtin = self._datatype.builtin_transform(message)
-        if builtin is not None:
-            return builtin, "\n".join(builtin)
-        if self._transformer is not None:
-            payloads = self._transformer.run(message.context)
-            return payloads, "\n".join(payloads)
-        return [message.payload], None
-
     @staticmethod
     def _errored(record: InboundRecord, exc: EngineError, outcome: Outcome, code: str) -> _Result:
         record.status = check_transition(record.status, MessageStatus.ERROR)
         record.error = str(exc)
         record.queue = []
         return outcome, str(exc), code
-
-    def _route(self, context: dict[str, Any], payloads: list[str]) -> list[QueueItem]:
-        items: list[QueueItem] = []
-        for step in self._steps:
-            if not all(f.passes(context) for f in step.filters):
-                continue
-            for payload in payloads:
-                if step.transformer is not None:
-                    outputs = step.transformer.run({**context, "payload": payload})
-                    items.extend(QueueItem(step.name, out) for out in outputs)
-                else:
-                    items.append(QueueItem(step.name, payload))
-        return items
 
     def _routed(self, record: InboundRecord, message: ReadMessage | None) -> list[AuditEvent]:
         """Audit events naming the rules that sent a study to each destination."""
@@ -192,13 +155,13 @@ class ChannelRuntime:
                 accession_number=record.accession,
                 ai=step.ai,
             )
-            for step in self._steps
+            for step in self._steps.destinations
             if step.name in sent
         ]
 
     def _store_unreadable(
         self, raw: bytes, origin: Origin, reason: str, error_code: str
-    ) -> bytes | None:
+    ) -> Processed:
         """Store what could not be read as ERROR and answer with the reason."""
         record = self._datatype.unreadable(raw, origin)
         record.status = check_transition(record.status, MessageStatus.ERROR)
@@ -209,7 +172,7 @@ class ChannelRuntime:
 
     def _commit(
         self, record: InboundRecord, reply: Reply, message: ReadMessage | None
-    ) -> bytes | None:
+    ) -> Processed:
         accepted = record.status in (MessageStatus.QUEUED, MessageStatus.FILTERED)
         dedup = self._duplicate_control and accepted
         op = _with_audit(
@@ -225,14 +188,15 @@ class ChannelRuntime:
                 # No peer to tell "resend later" (a study batch, an MPPS event):
                 # the source must keep the message and hand it over again.
                 raise
-            return nak
+            return Processed(nak, None, None)
         if result.duplicate:
             log.info("%s: duplicate of message %d answered again", self.name, result.message_id)
-            return self._datatype.replay(result.response, message) or reply.data
+            again = self._datatype.replay(result.response, message) or reply.data
+            return Processed(again, result.message_id, None, duplicate=True)
         if record.queue:
             for worker in self.workers:
                 worker.notify()
-        return reply.data
+        return Processed(reply.data, result.message_id, record.status, error=record.error)
 
 
 def _with_audit(op: Callable[[Connection], InsertResult], events: list[AuditEvent]) -> Any:
