@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from sqlalchemy import Engine
 
@@ -14,16 +13,13 @@ from connectors.base import Source
 from connectors.dicom_mpps import MPPSService
 from connectors.dicom_mwl import MWLServer
 from connectors.dicom_store import StorageService
-from connectors.mllp import MLLPSource
-from engine import registry
 from engine.ai_timeouts import AITimeoutMonitor
 from engine.archive import Archive
+from engine.channel_control import ChannelControl, ChannelState, ChannelStateError
 from engine.config import Channel, HubSettings
-from engine.datatypes import datatype_for
 from engine.deid import Deidentifier
 from engine.mpps import MPPSStore
 from engine.pipeline import ChannelRuntime
-from engine.queue import DestinationWorker
 from engine.reading_worklist import ReadingWorklist, Reprioritizer
 from engine.services import Services
 from engine.store.db import open_engine
@@ -37,13 +33,16 @@ log = logging.getLogger(__name__)
 
 
 class Hub:
-    """Starts and stops everything ``meridian serve`` runs, in the right order."""
+    """Starts and stops everything ``meridian serve`` runs, in the right order.
+
+    Once started, the channels are driven through the lifecycle methods
+    (:meth:`deploy_channel`, :meth:`pause_channel`...), which run in the hub's loop.
+    """
 
     def __init__(self, settings: HubSettings, channels: list[Channel]) -> None:
         self.settings = settings
-        self.channels = [c for c in channels if c.file.enabled]
-        self.sources: dict[str, Any] = {}
-        self.runtimes: dict[str, ChannelRuntime] = {}
+        self._initial = [c for c in channels if c.file.enabled]
+        self.control: ChannelControl | None = None
         self.mwl: MWLServer | None = None
         self._engine: Engine | None = None
         self._committer: GroupCommitter | None = None
@@ -51,6 +50,23 @@ class Hub:
         self.services: Services | None = None
         self._periodic: list[AITimeoutMonitor | Reprioritizer] = []
         self.admin: AdminServer | None = None
+
+    @property
+    def channels(self) -> list[Channel]:
+        """The deployed channels (before the start: the enabled channels it will deploy)."""
+        if self.control is None:
+            return list(self._initial)
+        return list(self.control.deployed().values())
+
+    @property
+    def runtimes(self) -> dict[str, ChannelRuntime]:
+        """The runtimes of the deployed channels, by name."""
+        return self.control.runtimes() if self.control is not None else {}
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        """The running sources (started channels), by name."""
+        return self.control.sources() if self.control is not None else {}
 
     async def start(self) -> None:
         """Open the store, deploy every enabled channel, start the DICOM listener."""
@@ -85,11 +101,8 @@ class Hub:
             mpps=mpps,
         )
         self._pool = ThreadPoolExecutor(settings.pipeline_threads, thread_name_prefix="pipeline")
-        self.services.ai_models.update(
-            {d.spec.ai.model: d.spec.ai for c in self.channels for d in c.destinations if d.spec.ai}
-        )
-        for channel in self.channels:
-            await self._deploy(channel, self.services, self._pool)
+        self.control = ChannelControl(self.services, self._pool)
+        await self.control.deploy_all(self._initial)
         await asyncio.to_thread(self.mwl.start)
         self._start_periodic(self.services)
         self.admin = AdminServer(self.services, self, settings.admin)
@@ -120,48 +133,43 @@ class Hub:
         for job in self._periodic:
             job.start()
 
-    async def _deploy(self, channel: Channel, services: Services, pool: ThreadPoolExecutor) -> None:
-        runtime = ChannelRuntime(channel, services, pool, datatype_for(channel, services))
-        for destination in channel.destinations:
-            if not destination.spec.enabled:
-                continue
-            make = registry.factory("destination", destination.spec.type)
-            worker = DestinationWorker(
-                channel.name,
-                destination.spec.name,
-                connector=make(
-                    destination.connector, services, destination.spec, channel=channel.name
-                ),
-                retry=destination.spec.retry,
-                ai=destination.spec.ai,
-                engine=services.engine,
-                committer=services.committer,
-            )
-            worker.start()
-            runtime.workers.append(worker)
-        source: Source = registry.factory("source", channel.file.source["type"])(
-            channel.source, services, channel=channel.name
-        )
-        # Registered before its source starts: other channels may forward to it.
-        services.channels[channel.name] = runtime
-        self.runtimes[channel.name] = runtime
-        if isinstance(source, MLLPSource):
-            await source.start(runtime.handle, on_oversize=runtime.handle_oversize)
-        else:
-            await source.start(runtime.handle)
-        self.sources[channel.name] = source
-        log.info("channel %s deployed", channel.name)
+    # -- channel lifecycle (the admin API calls these in the hub's loop) ---------------
+
+    def _control(self) -> ChannelControl:
+        if self.control is None:
+            raise ChannelStateError("the hub is not running")
+        return self.control
+
+    def channel_state(self, name: str) -> ChannelState:
+        """started, paused, stopped or undeployed."""
+        return self.control.state(name) if self.control is not None else ChannelState.UNDEPLOYED
+
+    async def deploy_channel(self, name: str) -> Channel:
+        """Re-read and validate the channel's file, replace the running version and start it."""
+        return await self._control().deploy(name)
+
+    async def undeploy_channel(self, name: str) -> None:
+        """Stop the channel and forget it (its queued entries stay in the store)."""
+        await self._control().undeploy(name)
+
+    async def start_channel(self, name: str) -> None:
+        """Resume a paused or stopped channel."""
+        await self._control().start(name)
+
+    async def pause_channel(self, name: str) -> None:
+        """Stop taking messages; destinations keep delivering."""
+        await self._control().pause(name)
+
+    async def stop_channel(self, name: str) -> None:
+        """Stop taking messages and delivering; queued entries wait for the next start."""
+        await self._control().stop(name)
 
     async def stop(self) -> None:
         """Stop listening, finish in-flight messages and deliveries, close the store."""
         if self.admin is not None:
             await self.admin.stop()
-        for name, source in self.sources.items():
-            await source.stop()
-            log.info("channel %s: source stopped", name)
-        for runtime in self.runtimes.values():
-            for worker in runtime.workers:
-                await worker.stop()
+        if self.control is not None:
+            await self.control.stop_all()
         for job in self._periodic:
             await job.stop()
         if self.mwl is not None:

@@ -13,7 +13,13 @@ from engine.config import Channel, ChannelDestination, ChannelFile, DestinationF
 from engine.errors import ChannelFileError, ConfigError
 from engine.yaml_lines import LocatedYAML, load_located
 
-__all__ = ["channel_files", "load_channel", "load_channels"]
+__all__ = [
+    "channel_files",
+    "check_channel_text",
+    "load_channel",
+    "load_channel_text",
+    "load_channels",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -47,78 +53,105 @@ def load_channels(directory: Path) -> list[Channel]:
 
 def load_channel(path: Path) -> Channel:
     """Load one channel file, validating the channel and each connector's config."""
-    located = load_located(path.read_text(encoding="utf-8"), str(path))
+    return load_channel_text(path.read_text(encoding="utf-8"), path)
+
+
+def load_channel_text(text: str, path: Path) -> Channel:
+    """Validate ``text`` as the content of channel file ``path``; the first error raises."""
+    channel, errors = check_channel_text(text, path)
+    if errors:
+        raise errors[0]
+    assert channel is not None  # no errors: a channel was built
+    return channel
+
+
+def check_channel_text(text: str, path: Path) -> tuple[Channel | None, list[ChannelFileError]]:
+    """Validate ``text`` as channel file ``path``: the channel, or every error found.
+
+    The first error is the one :func:`load_channel` raises; the others are found in
+    the same pass (each field of the channel, the source, every destination), so an
+    editor can show them all at once.
+    """
+    try:
+        located = load_located(text, str(path))
+    except ChannelFileError as exc:
+        return None, [exc]
     if not isinstance(located.data, dict):
-        raise ChannelFileError(str(path), 1, "(file)", "a channel file must be a YAML mapping")
-    channel_file = _validate(ChannelFile, located.data, (), located, path)
-    source = _validate_connector("source", channel_file.source, ("source",), located, path)
+        return None, [
+            ChannelFileError(str(path), 1, "(file)", "a channel file must be a YAML mapping")
+        ]
+    check = _Checker(located, path)
+    channel_file = check.model(ChannelFile, located.data, ())
+    raw_source = located.data.get("source")
+    source = (
+        check.connector("source", raw_source, ("source",)) if isinstance(raw_source, dict) else None
+    )
+    raw_destinations = located.data.get("destinations")
     destinations = [
-        _destination(raw, index, located, path)
-        for index, raw in enumerate(channel_file.destinations)
+        check.destination(raw, index)
+        for index, raw in enumerate(raw_destinations if isinstance(raw_destinations, list) else [])
+        if isinstance(raw, dict)
     ]
-    _check_unique_destinations(destinations, located, path)
-    return Channel(path=path, file=channel_file, source=source, destinations=destinations)
+    if check.errors or channel_file is None or source is None:
+        return None, check.errors
+    valid = [d for d in destinations if d is not None]
+    check.unique_destinations(valid)
+    if check.errors:
+        return None, check.errors
+    return Channel(path=path, file=channel_file, source=source, destinations=valid), []
 
 
-def _destination(
-    raw: dict[str, Any], index: int, located: LocatedYAML, path: Path
-) -> ChannelDestination:
-    where = ("destinations", index)
-    engine_part = {key: value for key, value in raw.items() if key in _DESTINATION_FIELDS}
-    spec = _validate(DestinationFile, engine_part, where, located, path)
-    connector_part = {
-        key: value for key, value in raw.items() if key not in _DESTINATION_FIELDS or key == "type"
-    }
-    connector = _validate_connector("destination", connector_part, where, located, path)
-    return ChannelDestination(spec=spec, connector=connector)
+class _Checker:
+    """Validates the parts of one channel file, collecting every error with its line."""
 
+    def __init__(self, located: LocatedYAML, path: Path) -> None:
+        self.located = located
+        self.path = path
+        self.errors: list[ChannelFileError] = []
 
-def _validate_connector(
-    role: registry.Role,
-    raw: dict[str, Any],
-    where: tuple[str | int, ...],
-    located: LocatedYAML,
-    path: Path,
-) -> BaseModel:
-    try:
-        config_cls = registry.config_class(role, raw.get("type"))
-    except ConfigError as exc:
-        field = (*where, "type")
-        raise ChannelFileError(str(path), located.line_of(field), _dotted(field), str(exc)) from exc
-    return _validate(config_cls, raw, where, located, path)
+    def error(self, field: tuple[str | int, ...], reason: str) -> None:
+        self.errors.append(
+            ChannelFileError(str(self.path), self.located.line_of(field), _dotted(field), reason)
+        )
 
+    def model(self, model: type[M], raw: Any, where: tuple[str | int, ...]) -> M | None:
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            for problem in exc.errors():
+                self.error((*where, *problem["loc"]), problem["msg"])
+            return None
 
-def _validate(
-    model: type[M],
-    raw: Any,
-    where: tuple[str | int, ...],
-    located: LocatedYAML,
-    path: Path,
-) -> M:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = (*where, *first["loc"])
-        raise ChannelFileError(
-            str(path), located.line_of(field), _dotted(field), first["msg"]
-        ) from exc
+    def connector(
+        self, role: registry.Role, raw: dict[str, Any], where: tuple[str | int, ...]
+    ) -> BaseModel | None:
+        try:
+            config_cls = registry.config_class(role, raw.get("type"))
+        except ConfigError as exc:
+            self.error((*where, "type"), str(exc))
+            return None
+        return self.model(config_cls, raw, where)
 
+    def destination(self, raw: dict[str, Any], index: int) -> ChannelDestination | None:
+        where = ("destinations", index)
+        engine_part = {key: value for key, value in raw.items() if key in _DESTINATION_FIELDS}
+        spec = self.model(DestinationFile, engine_part, where)
+        connector_part = {
+            key: value
+            for key, value in raw.items()
+            if key not in _DESTINATION_FIELDS or key == "type"
+        }
+        connector = self.connector("destination", connector_part, where)
+        if spec is None or connector is None:
+            return None
+        return ChannelDestination(spec=spec, connector=connector)
 
-def _check_unique_destinations(
-    destinations: Sequence[ChannelDestination], located: LocatedYAML, path: Path
-) -> None:
-    names: set[str] = set()
-    for index, destination in enumerate(destinations):
-        if destination.spec.name in names:
-            field = ("destinations", index, "name")
-            raise ChannelFileError(
-                str(path),
-                located.line_of(field),
-                _dotted(field),
-                "destination names must be unique",
-            )
-        names.add(destination.spec.name)
+    def unique_destinations(self, destinations: Sequence[ChannelDestination]) -> None:
+        names: set[str] = set()
+        for index, destination in enumerate(destinations):
+            if destination.spec.name in names:
+                self.error(("destinations", index, "name"), "destination names must be unique")
+            names.add(destination.spec.name)
 
 
 def _dotted(field: Sequence[str | int]) -> str:
