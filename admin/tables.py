@@ -43,6 +43,8 @@ admin_access_log = Table(
     Column("username", String(64), nullable=False),
     Column("action", String(32), nullable=False),
     Column("message_id", Id),
+    # The channel acted on (deploy, file save...); null for message accesses.
+    Column("channel", String(64)),
     Index("ix_admin_access_log_message", "message_id"),
     Index("ix_admin_access_log_at", "at"),
 )
