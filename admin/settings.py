@@ -35,3 +35,8 @@ class AdminSettings(BaseModel):
         default=False, description="require a session for /metrics (Prometheus scrapes without)"
     )
     tls: TLSConfig | None = None
+    report_channel: str = Field(
+        default="results-to-ehr",
+        min_length=1,
+        description="the channel (data type report) POST /api/reports hands reports to",
+    )
