@@ -11,8 +11,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from admin import (
+    access_log_api,
     alerts_api,
     channels_api,
+    dashboard_api,
+    export,
     messages_api,
     reports_api,
     security,
@@ -54,6 +57,9 @@ def create_app(services: Services, hub: Hub | None, settings: AdminSettings) -> 
         testbench_api,
         reports_api,
         alerts_api,
+        dashboard_api,
+        export,
+        access_log_api,
         ui,
     ):
         app.include_router(module.router)
@@ -92,4 +98,6 @@ def metrics(request: Request, ctx: Ctx) -> PlainTextResponse:
         session_token = request.cookies.get(security.COOKIE)
         if not session_token or security.lookup(ctx, session_token) is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "login required")
-    return PlainTextResponse(render_metrics(ctx.services.engine), media_type=CONTENT_TYPE)
+    return PlainTextResponse(
+        render_metrics(ctx.services.engine, hub=ctx.hub), media_type=CONTENT_TYPE
+    )

@@ -1,4 +1,4 @@
-"""Message search, one message at every stage, and reprocessing.
+"""Message search, one message at every stage (also segment by segment), and reprocessing.
 
 Content (raw, transformed, response, error, queue payloads) is patient data:
 the list never carries it, the detail withholds it from a viewer without
@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 
 from admin.access_log import log_access
 from admin.context import AdminContext, context
+from admin.hl7_segments import Displayed, display
 from admin.security import CurrentSession, Session, require_role
 from engine.states import MessageStatus, check_transition
 from engine.store.tables import messages, queue_entries
@@ -26,6 +27,10 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/api/messages", tags=["messages"])
 Ctx = Annotated[AdminContext, Depends(context)]
+Analyst = Annotated[Session, Depends(require_role("analyst"))]
+
+#: Most ids one bulk reprocess takes (one transaction holds them all).
+MAX_REPROCESS = 1000
 
 _SUMMARY = [
     messages.c.id,
@@ -45,8 +50,8 @@ _QUEUE_CONTENT = ("payload", "response", "error")
 _REPROCESSABLE = (MessageStatus.ERROR.value, MessageStatus.SENT.value)
 
 
-class SearchQuery(BaseModel):
-    """Filters of ``GET /api/messages`` (all optional, combined with AND)."""
+class Filters(BaseModel):
+    """Filters of the message search and export (all optional, combined with AND)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -57,29 +62,46 @@ class SearchQuery(BaseModel):
     text: str | None = Field(default=None, max_length=200)
     patient_id: str | None = None
     accession: str | None = None
+
+
+class SearchQuery(Filters):
+    """Query of ``GET /api/messages``: the filters, a page, and whether to count every match."""
+
     limit: int = Field(default=50, ge=1, le=500)
     offset: int = Field(default=0, ge=0)
+    count: bool = Field(default=False, description="add the number of matches as `total`")
 
 
 @router.get("")
 def search(session: CurrentSession, ctx: Ctx, q: Annotated[SearchQuery, Query()]) -> dict[str, Any]:
     """Messages matching every filter, newest first; summaries only, no content."""
-    if (q.patient_id or q.text) and not session.user.can_view_phi:
-        # Searching by patient or content reveals PHI by its answer.
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "searching by patient data needs PHI access")
+    check_search_allowed(q, session)
+    conditions = conditions_of(q)
     query = (
         select(*_SUMMARY)
-        .where(*_conditions(q))
+        .where(*conditions)
         .order_by(messages.c.id.desc())
         .limit(q.limit)
         .offset(q.offset)
     )
     with ctx.services.engine.connect() as conn:
         rows = [_summary(dict(row), session) for row in conn.execute(query).mappings()]
-    return {"items": rows, "limit": q.limit, "offset": q.offset}
+        answer: dict[str, Any] = {"items": rows, "limit": q.limit, "offset": q.offset}
+        if q.count:
+            total = select(func.count()).select_from(messages).where(*conditions)
+            answer["total"] = int(conn.execute(total).scalar_one())
+    return answer
 
 
-def _conditions(q: SearchQuery) -> list[Any]:
+def check_search_allowed(q: Filters, session: Session) -> None:
+    """403 if the filters name patient data and the user may not see it."""
+    if (q.patient_id or q.text) and not session.user.can_view_phi:
+        # Searching by patient or content reveals PHI by its answer.
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "searching by patient data needs PHI access")
+
+
+def conditions_of(q: Filters) -> list[Any]:
+    """The WHERE conditions on ``messages`` for ``q``."""
     equal = {"channel": q.channel, "patient_id": q.patient_id, "accession": q.accession}
     conditions = [messages.c[name] == value for name, value in equal.items() if value is not None]
     if q.status is not None:
@@ -100,7 +122,7 @@ def _summary(row: dict[str, Any], session: Session) -> dict[str, Any]:
     return row
 
 
-@router.get("/{message_id}")
+@router.get("/{message_id:int}")
 def detail(message_id: int, session: CurrentSession, ctx: Ctx) -> dict[str, Any]:
     """One message at every stage with its queue entries; content withheld without PHI access."""
     with ctx.services.engine.connect() as conn:
@@ -127,17 +149,49 @@ def detail(message_id: int, session: CurrentSession, ctx: Ctx) -> dict[str, Any]
     return message
 
 
+class SegmentsQuery(BaseModel):
+    """Which content to show: a stage of the message, or a part of one of its queue entries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Literal["raw", "transformed", "response"] = "raw"
+    queue_entry: int | None = Field(default=None, description="a queue entry of this message")
+    part: Literal["payload", "response"] = "payload"
+
+
+@router.get("/{message_id:int}/segments")
+def segments(
+    message_id: int, session: CurrentSession, ctx: Ctx, q: Annotated[SegmentsQuery, Query()]
+) -> Displayed:
+    """One stage of a message (or of one of its queue entries) segment by segment.
+
+    HL7 v2 gets named fields; JSON is pretty-printed; anything else is text.
+    Needs PHI access; the view is written to the access log.
+    """
+    if not session.user.can_view_phi:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "message content needs PHI access")
+    with ctx.services.engine.connect() as conn:
+        if q.queue_entry is None:
+            column = messages.c[q.stage]
+            where = [messages.c.id == message_id]
+        else:
+            column = queue_entries.c[q.part]
+            where = [queue_entries.c.id == q.queue_entry, queue_entries.c.message_id == message_id]
+        found = conn.execute(select(column).where(*where)).first()
+    if found is None:
+        what = "queue entry of this message" if q.queue_entry is not None else "message"
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no such {what}")
+    ctx.run_write(log_access(session.user.username, "view", message_id))
+    return display(found[0])
+
+
 def _withhold(row: dict[str, Any], names: tuple[str, ...]) -> None:
     for name in names:
         row[name] = None
 
 
-@router.post("/{message_id}/reprocess")
-def reprocess(
-    message_id: int,
-    session: Annotated[Session, Depends(require_role("analyst"))],
-    ctx: Ctx,
-) -> dict[str, Any]:
+@router.post("/{message_id:int}/reprocess")
+def reprocess(message_id: int, session: Analyst, ctx: Ctx) -> dict[str, Any]:
     """Put the message's ERROR and SENT queue entries back on their queues, then wake them."""
     with ctx.services.engine.connect() as conn:
         found = conn.execute(select(messages.c.id).where(messages.c.id == message_id)).first()
@@ -146,6 +200,47 @@ def reprocess(
     moved: list[tuple[str, str]] = ctx.run_write(_reprocess_op(message_id, session.user.username))
     _wake(ctx, moved)
     return {"message_id": message_id, "requeued": len(moved)}
+
+
+class ReprocessMany(BaseModel):
+    """Body of ``POST /api/messages/reprocess``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[int] = Field(min_length=1, max_length=MAX_REPROCESS)
+
+
+@router.post("/reprocess")
+def reprocess_many(body: ReprocessMany, session: Analyst, ctx: Ctx) -> dict[str, Any]:
+    """Reprocess each message as the single-message route does, in one transaction.
+
+    A missing message gets ``error`` in its result; the others are reprocessed.
+    """
+    ids = list(dict.fromkeys(body.ids))  # a repeated id is reprocessed once
+    results, moved = ctx.run_write(_reprocess_many_op(ids, session.user.username))
+    _wake(ctx, moved)
+    return {"results": results}
+
+
+def _reprocess_many_op(
+    ids: list[int], username: str
+) -> Callable[[Connection], tuple[list[dict[str, Any]], list[tuple[str, str]]]]:
+    def op(conn: Connection) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        existing = set(conn.execute(select(messages.c.id).where(messages.c.id.in_(ids))).scalars())
+        results: list[dict[str, Any]] = []
+        moved: list[tuple[str, str]] = []
+        for message_id in ids:
+            if message_id not in existing:
+                results.append(
+                    {"message_id": message_id, "requeued": 0, "error": "no such message"}
+                )
+                continue
+            entries = _reprocess_op(message_id, username)(conn)
+            results.append({"message_id": message_id, "requeued": len(entries), "error": None})
+            moved += entries
+        return results, moved
+
+    return op
 
 
 def _reprocess_op(message_id: int, username: str) -> Callable[[Connection], list[tuple[str, str]]]:
@@ -179,7 +274,8 @@ def _reprocess_op(message_id: int, username: str) -> Callable[[Connection], list
                 .values(status=MessageStatus.QUEUED.value, updated_at=stamp)
             )
         log_access(username, "reprocess", message_id)(conn)
-        return sorted({(entry.channel, entry.destination) for entry in entries})
+        # One item per entry put back: the count answers "how many were requeued".
+        return [(entry.channel, entry.destination) for entry in entries]
 
     return op
 
@@ -188,7 +284,7 @@ def _wake(ctx: AdminContext, moved: list[tuple[str, str]]) -> None:
     """Wake the workers of the destinations that got entries back (if the hub runs here)."""
     if ctx.hub is None:
         return
-    for channel, destination in moved:
+    for channel, destination in sorted(set(moved)):
         runtime = ctx.hub.runtimes.get(channel)
         for worker in runtime.workers if runtime is not None else []:
             if worker.destination == destination:

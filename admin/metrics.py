@@ -7,19 +7,26 @@ restart and agree with what the message browser shows.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, func, select
 
+from admin.metrics_extra import ai_latency_lines, alert_lines, connection_lines
 from engine.states import MessageStatus
 from engine.store.tables import messages, queue_entries
+
+if TYPE_CHECKING:
+    from engine.hub import Hub
 
 __all__ = ["CONTENT_TYPE", "render_metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def render_metrics(engine: Engine, now: datetime | None = None) -> str:
-    """The metrics page: messages by channel and status, queue depth and oldest age."""
+def render_metrics(engine: Engine, now: datetime | None = None, hub: Hub | None = None) -> str:
+    """The metrics page: messages by channel and status, queue depth and oldest age,
+    open alerts, AI latency and (with ``hub``) open MLLP connections and DICOM associations.
+    """
     stamp = now or datetime.now(UTC)
     with engine.connect() as conn:
         counts = conn.execute(
@@ -38,6 +45,7 @@ def render_metrics(engine: Engine, now: datetime | None = None) -> str:
             .group_by(queue_entries.c.channel, queue_entries.c.destination)
             .order_by(queue_entries.c.channel, queue_entries.c.destination)
         ).all()
+        extra = alert_lines(conn, _labels) + ai_latency_lines(conn, stamp, _labels)
     lines = [
         "# HELP meridian_messages_total Messages in the store by channel and status.",
         "# TYPE meridian_messages_total gauge",
@@ -59,6 +67,7 @@ def render_metrics(engine: Engine, now: datetime | None = None) -> str:
         f"{_age(stamp, oldest):.3f}"
         for c, d, _, oldest in queues
     ]
+    lines += extra + connection_lines(hub, _labels)
     return "\n".join(lines) + "\n"
 
 

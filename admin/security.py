@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, delete, insert, select
 
 from admin.context import AdminContext, context
+from admin.rate_limit import LoginThrottle
 from admin.tables import admin_sessions
-from admin.users import Role, User, get_user, has_role, verify
+from admin.user_admin import set_password_op
+from admin.users import MIN_PASSWORD, Role, User, get_user, has_role, verify
 
 __all__ = [
     "COOKIE",
@@ -52,6 +55,8 @@ class Session:
 
 class Credentials(BaseModel):
     """Body of ``POST /api/login``."""
+
+    model_config = ConfigDict(extra="forbid")
 
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
@@ -169,13 +174,28 @@ def require_role(minimum: Role) -> Callable[[Session], Session]:
 # -- routes --------------------------------------------------------------------------------
 
 
-@router.post("/login")
-def login(credentials: Credentials, response: Response, ctx: Ctx) -> SessionInfo:
-    """Check the password and open a session (cookie plus CSRF token in the body)."""
+@router.post("/login", responses={429: {"description": "too many failed logins; see Retry-After"}})
+def login(credentials: Credentials, request: Request, response: Response, ctx: Ctx) -> SessionInfo:
+    """Check the password and open a session (cookie plus CSRF token in the body).
+
+    Repeated failures for a username or from an address get 429 with ``Retry-After``
+    (see :mod:`admin.rate_limit`), even with the right password, until the window passes.
+    """
+    throttle = _throttle(request)
+    keys = [f"user:{credentials.username}", f"ip:{request.client.host if request.client else ''}"]
+    wait = throttle.retry_after(keys)
+    if wait is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "too many failed logins; try again later",
+            headers={"Retry-After": str(wait)},
+        )
     user = verify(ctx.services.engine, credentials.username, credentials.password)
     if user is None:
+        throttle.failed(keys)
         # One answer for unknown user, wrong password and disabled account.
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong username or password")
+    throttle.succeeded(keys[0])
     token = secrets.token_urlsafe(32)
     minutes = ctx.settings.session_minutes
     session: Session = ctx.run_write(_create_op(user, token, minutes))
@@ -189,6 +209,20 @@ def login(credentials: Credentials, response: Response, ctx: Ctx) -> SessionInfo
         path="/",
     )
     return _info(session)
+
+
+_throttle_lock = threading.Lock()
+
+
+def _throttle(request: Request) -> LoginThrottle:
+    """The app's login throttle, made on first use (one per app, so tests do not share)."""
+    state = request.app.state
+    with _throttle_lock:
+        throttle: LoginThrottle | None = getattr(state, "login_throttle", None)
+        if throttle is None:
+            throttle = LoginThrottle()
+            state.login_throttle = throttle
+    return throttle
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
@@ -205,3 +239,37 @@ def logout(request: Request, response: Response, session: CurrentSession, ctx: C
 def get_session(session: CurrentSession) -> SessionInfo:
     """Who is logged in, with the CSRF token (the UI calls this after a page reload)."""
     return _info(session)
+
+
+class PasswordChange(BaseModel):
+    """Body of ``POST /api/session/password``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=MIN_PASSWORD, max_length=1024)
+
+
+@router.post("/session/password", status_code=status.HTTP_204_NO_CONTENT)
+def change_password(
+    body: PasswordChange, request: Request, session: CurrentSession, ctx: Ctx
+) -> None:
+    """Change your own password; your other sessions end, this one stays open.
+
+    403 if the current password is wrong (counted as a failed login for the throttle).
+    """
+    throttle = _throttle(request)
+    key = f"user:{session.user.username}"
+    wait = throttle.retry_after([key])
+    if wait is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "too many failed attempts; try again later",
+            headers={"Retry-After": str(wait)},
+        )
+    if verify(ctx.services.engine, session.user.username, body.current_password) is None:
+        # A stolen session must not be a way to guess the password without limit.
+        throttle.failed([key])
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the current password is wrong")
+    token = request.cookies.get(COOKIE, "")
+    ctx.run_write(set_password_op(session.user.id, body.new_password, keep_session=_digest(token)))

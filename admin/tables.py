@@ -6,7 +6,7 @@ from sqlalchemy import Boolean, Column, DateTime, ForeignKey, Index, String, Tab
 
 from engine.store.schema import Id, metadata
 
-__all__ = ["admin_access_log", "admin_sessions", "admin_users"]
+__all__ = ["admin_access_log", "admin_alert_acks", "admin_sessions", "admin_users"]
 
 admin_users = Table(
     "admin_users",
@@ -47,4 +47,14 @@ admin_access_log = Table(
     Column("channel", String(64)),
     Index("ix_admin_access_log_message", "message_id"),
     Index("ix_admin_access_log_at", "at"),
+)
+
+# Who acknowledged an alert (engine/ai_timeouts.py ``alerts``) and when; kept
+# beside the alert, not in it, so the engine's table keeps its schema.
+admin_alert_acks = Table(
+    "admin_alert_acks",
+    metadata,
+    Column("alert_id", Id, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("username", String(64), nullable=False),
 )

@@ -16,10 +16,11 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from sqlalchemy import Connection, Engine, RowMapping, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from admin.tables import admin_access_log, admin_sessions, admin_users
+from admin.tables import admin_access_log, admin_alert_acks, admin_sessions, admin_users
 from engine.errors import ConfigError
 
 __all__ = [
+    "MIN_PASSWORD",
     "ROLES",
     "Role",
     "User",
@@ -28,12 +29,16 @@ __all__ = [
     "ensure_tables",
     "get_user",
     "has_role",
+    "hash_password",
     "list_users",
     "verify",
 ]
 
 Role = Literal["viewer", "analyst", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
+
+#: Shortest password accepted.
+MIN_PASSWORD = 8
 
 _hasher = PasswordHasher()
 # Verifying an unknown user against this hash costs as much as a real check,
@@ -57,7 +62,8 @@ def ensure_tables(engine: Engine) -> None:
     """Create the admin tables if missing (the store's schema does not import admin)."""
     from engine.store.schema import metadata
 
-    metadata.create_all(engine, tables=[admin_users, admin_sessions, admin_access_log])
+    tables = [admin_users, admin_sessions, admin_access_log, admin_alert_acks]
+    metadata.create_all(engine, tables=tables)
 
 
 def has_role(user: User, minimum: Role) -> bool:
@@ -73,10 +79,15 @@ def add_user_op(
         raise ConfigError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
     if not username or len(username) > 64:
         raise ConfigError("a username has 1 to 64 characters")
-    if len(password) < 8:
-        raise ConfigError("a password has at least 8 characters")
     phi = role != "viewer" if can_view_phi is None else can_view_phi
-    return _AddUser(username, _hasher.hash(password), role, phi)
+    return _AddUser(username, hash_password(password), role, phi)
+
+
+def hash_password(password: str) -> str:
+    """The argon2id hash to store; ConfigError if the password is shorter than 8 characters."""
+    if len(password) < MIN_PASSWORD:
+        raise ConfigError(f"a password has at least {MIN_PASSWORD} characters")
+    return _hasher.hash(password)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,15 +1,16 @@
-"""``/api/users``: list and create users (admin role only)."""
+"""``/api/users``: list, create and change users, set their passwords (admin role only)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from admin.context import AdminContext, context
 from admin.security import Session, require_role
-from admin.users import Role, User, add_user_op, list_users
+from admin.user_admin import LastAdminError, UserChange, set_password_op, update_user_op
+from admin.users import MIN_PASSWORD, Role, User, add_user_op, list_users
 from engine.errors import ConfigError
 
 __all__ = ["router"]
@@ -22,8 +23,10 @@ Admin = Annotated[Session, Depends(require_role("admin"))]
 class NewUser(BaseModel):
     """Body of ``POST /api/users``."""
 
+    model_config = ConfigDict(extra="forbid")
+
     username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=8, max_length=1024)
+    password: str = Field(min_length=MIN_PASSWORD, max_length=1024)
     role: Role
     can_view_phi: bool | None = Field(default=None, description="default: false for viewers")
 
@@ -57,3 +60,41 @@ def create_user(body: NewUser, _: Admin, ctx: Ctx) -> dict[str, Any]:
     except ConfigError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     return _public(user)
+
+
+class UserPatch(BaseModel):
+    """Body of ``PATCH /api/users/{id}``: the values to change (others stay)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role | None = None
+    can_view_phi: bool | None = None
+    disabled: bool | None = Field(default=None, description="true also ends their sessions")
+
+
+class NewPassword(BaseModel):
+    """Body of ``POST /api/users/{id}/password``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    password: str = Field(min_length=MIN_PASSWORD, max_length=1024)
+
+
+@router.patch("/{user_id}")
+def change_user(user_id: int, body: UserPatch, _: Admin, ctx: Ctx) -> dict[str, Any]:
+    """Change role, PHI access or disabled; 409 if it would leave no enabled admin."""
+    change = UserChange(role=body.role, can_view_phi=body.can_view_phi, disabled=body.disabled)
+    try:
+        user: User | None = ctx.run_write(update_user_op(user_id, change))
+    except LastAdminError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+    if user is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user")
+    return _public(user)
+
+
+@router.post("/{user_id}/password", status_code=status.HTTP_204_NO_CONTENT)
+def reset_password(user_id: int, body: NewPassword, _: Admin, ctx: Ctx) -> None:
+    """Set a user's password (e.g. they forgot it); ends every session of that user."""
+    if not ctx.run_write(set_password_op(user_id, body.password)):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user")

@@ -164,6 +164,12 @@ class DicomListener:
         log.info("DICOM listener %s stopped", self.config.ae_title)
 
     @property
+    def active_associations(self) -> int:
+        """Associations open right now (the admin /metrics gauge); 0 when not running."""
+        server = self._server
+        return len(server.active_associations) if server is not None else 0
+
+    @property
     def bound_port(self) -> int:
         """The port actually listened on (useful with ``port: 0``)."""
         if self._server is None:

@@ -162,6 +162,11 @@ class MLLPSource:
             raise ConnectorError("MLLP source is not listening")
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def open_connections(self) -> int:
+        """Client connections open right now (the admin /metrics gauge)."""
+        return len(self._connections)
+
     async def start(
         self, handler: InboundHandler, on_oversize: OversizeHandler | None = None
     ) -> None:
