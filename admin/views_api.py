@@ -1,4 +1,7 @@
-"""Read-only views: channels, the modality worklist, the reading worklist, the audit trail."""
+"""Read-only views: the modality worklist, the reading worklist, the audit trail.
+
+(Channels are in :mod:`admin.channels_api`.)
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,10 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from sqlalchemy import func, select
 
 from admin.context import AdminContext, context
 from admin.security import CurrentSession, Session
 from engine import audit
-from engine.store.tables import messages
 
 __all__ = ["router"]
 
@@ -21,42 +22,6 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 
 # Worklist columns that identify a patient; dropped for users without PHI access.
 _WORKLIST_PHI = ("patient_id", "patient_name", "patient_name_match", "attributes")
-
-
-@router.get("/channels")
-def channels(_: CurrentSession, ctx: Ctx) -> list[dict[str, Any]]:
-    """Deployed channels (when the hub runs) and every channel in the store, with counts."""
-    counts: dict[str, dict[str, int]] = {}
-    with ctx.services.engine.connect() as conn:
-        rows = conn.execute(
-            select(messages.c.channel, messages.c.status, func.count()).group_by(
-                messages.c.channel, messages.c.status
-            )
-        ).all()
-    for channel, state, count in rows:
-        counts.setdefault(channel, {})[state] = int(count)
-    described = _deployed(ctx)
-    for name in counts.keys() - described.keys():
-        # Messages of a channel no longer deployed stay browsable.
-        described[name] = {"name": name, "enabled": False, "source_type": None, "destinations": []}
-    return [{**described[name], "counts": counts.get(name, {})} for name in sorted(described)]
-
-
-def _deployed(ctx: AdminContext) -> dict[str, dict[str, Any]]:
-    if ctx.hub is None:
-        return {}
-    return {
-        channel.name: {
-            "name": channel.name,
-            "enabled": channel.file.enabled,
-            "source_type": channel.file.source.get("type"),
-            "destinations": [
-                {"name": d.spec.name, "type": d.spec.type, "enabled": d.spec.enabled}
-                for d in channel.destinations
-            ],
-        }
-        for channel in ctx.hub.channels
-    }
 
 
 @router.get("/worklist")
