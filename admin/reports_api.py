@@ -79,14 +79,19 @@ async def submit_report(body: ReportSubmission, session: Analyst, ctx: Ctx) -> A
 
 
 def _report_runtime(ctx: AdminContext) -> ChannelRuntime:
-    """The deployed report channel's runtime; 503 when there is none to take the report."""
+    """The report channel's runtime, if it takes messages now; 503 otherwise.
+
+    Looked up where ``type: channel`` destinations find their target: a channel is
+    there while its source runs (deployed and started), as for a forwarded report.
+    """
     name = ctx.settings.report_channel
     if ctx.hub is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the hub is not running")
-    runtime = ctx.hub.runtimes.get(name)
+    runtime: ChannelRuntime | None = ctx.services.channels.get(name)
     if runtime is None:
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"report channel {name} is not deployed"
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"report channel {name} is not deployed or not started",
         )
     if runtime.channel.file.inbound.data_type != "report":
         raise HTTPException(
