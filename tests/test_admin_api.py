@@ -4,85 +4,38 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, select, update
+from sqlalchemy import select, update
 
 from admin.api import create_app
 from admin.security import COOKIE, CSRF_HEADER
 from admin.settings import AdminSettings
 from admin.tables import admin_access_log, admin_sessions
-from admin.users import Role, add_user
-from engine.reading_config import ReadingWorklistConfig
-from engine.reading_worklist import ReadingWorklist
 from engine.services import Services
-from engine.states import MessageStatus
-from engine.store.db import open_engine
-from engine.store.group_commit import GroupCommitter
-from engine.store.messages import (
-    InboundRecord,
-    QueueItem,
-    insert_inbound,
-    mark_error,
-    pending_entries,
-)
 from engine.store.tables import queue_entries
-from engine.worklist import WorklistStore
-
-PASSWORD = "correct horse battery"
-RAW = "MSH|^~\\&|EHR|HOSP|MERIDIAN|RAD|202601010830||ORM^O01|C1|P|2.5\rPID|1||MRN123||DOE^JANE"
-
-
-@dataclass(frozen=True)
-class FakeServices:
-    """Just what the admin API uses of :class:`Services`, from real store objects."""
-
-    engine: Engine
-    committer: GroupCommitter
-    worklist: WorklistStore
-    reading_worklist: ReadingWorklist
-
-
-@dataclass
-class Hub:
-    """The part of the hub the API touches: channel runtimes with workers to wake."""
-
-    runtimes: dict[str, Any]
-    channels: list[Any]
-
-
-class Worker:
-    """A destination worker that records being woken."""
-
-    def __init__(self, destination: str) -> None:
-        self.destination = destination
-        self.woken = 0
-
-    def notify(self) -> None:
-        self.woken += 1
-
-
-@dataclass
-class Runtime:
-    workers: list[Worker]
+from tests.support.admin_app import (
+    PASSWORD,
+    RAW,
+    FakeServices,
+    Hub,
+    Runtime,
+    Worker,
+    failed_message,
+    login,
+    make_client,
+    open_store,
+)
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[FakeServices]:
-    engine = open_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    committer = GroupCommitter(engine)
-    committer.start()
-    services = FakeServices(
-        engine, committer, WorklistStore(engine), ReadingWorklist(engine, ReadingWorklistConfig())
-    )
-    yield services
-    committer.stop()
-    engine.dispose()
+    with open_store(tmp_path) as services:
+        yield services
 
 
 @pytest.fixture
@@ -92,37 +45,7 @@ def worker() -> Worker:
 
 @pytest.fixture
 def client(store: FakeServices, worker: Worker) -> TestClient:
-    hub = Hub(runtimes={"orders": Runtime([worker])}, channels=[])
-    app = create_app(cast(Services, store), cast(Any, hub), AdminSettings())
-    users: tuple[tuple[str, Role], ...] = (("ada", "admin"), ("ann", "analyst"), ("vic", "viewer"))
-    for name, role in users:
-        add_user(store.engine, name, PASSWORD, role)
-    return TestClient(app)
-
-
-def failed_message(store: FakeServices) -> int:
-    """A message whose one queue entry (destination ``ris``) ended in ERROR."""
-    record = InboundRecord(
-        channel="orders",
-        origin="mllp:test",
-        raw=RAW,
-        status=MessageStatus.QUEUED,
-        transformed="TRANSFORMED " + RAW,
-        patient_id="MRN123",
-        accession="ACC1",
-        queue=[QueueItem("ris", "PAYLOAD " + RAW)],
-    )
-    message_id = store.committer.run(insert_inbound(record, duplicate_control=False)).message_id
-    (entry,) = pending_entries(store.engine, "orders", "ris", 10)
-    store.committer.run(lambda conn: mark_error(conn, entry, "connection refused"))
-    return int(message_id)
-
-
-def login(client: TestClient, username: str) -> str:
-    """Log in; returns the CSRF token (the cookie stays in the client)."""
-    response = client.post("/api/login", json={"username": username, "password": PASSWORD})
-    assert response.status_code == 200, response.text
-    return str(response.json()["csrf_token"])
+    return make_client(store, Hub(runtimes={"orders": Runtime([worker])}))
 
 
 def test_login_sets_a_strict_http_only_cookie(client: TestClient) -> None:
@@ -286,18 +209,9 @@ def test_users_are_managed_by_admins_only(client: TestClient) -> None:
 
 
 def test_read_views_answer(client: TestClient, store: FakeServices) -> None:
+    # /api/channels moved to admin/channels_api.py and is tested with it.
     failed_message(store)
     login(client, "vic")
-    channels = client.get("/api/channels").json()
-    assert channels == [
-        {
-            "name": "orders",
-            "enabled": False,
-            "source_type": None,
-            "destinations": [],
-            "counts": {"ERROR": 1},
-        }
-    ]
     assert client.get("/api/worklist").json() == []
     assert client.get("/api/reading-worklist").json() == []
     assert client.get("/api/audit", params={"kind": "routed"}).json() == []
