@@ -387,3 +387,63 @@ def test_templates_are_listed_and_read_but_not_outside_the_folder(client: TestCl
         "%2Fetc%2Fpasswd.j2",
     ):
         assert client.get(f"/api/testbench/templates/{bad}").status_code == 404, bad
+
+
+def test_pasted_text_is_read_in_the_charset_its_msh_18_declares(client: TestClient) -> None:
+    latin1 = (REPO / "tests" / "messages" / "orm_o01_latin1.hl7").read_bytes().decode("latin-1")
+    result = bench(client, login(client), message=latin1)
+    assert result["read"]["ok"] is True
+    assert '"PatientName":"MÜLLER^JÖRG"' in result["transform"]["output"]
+
+
+NEW_CHANNEL = """\
+name: bench-scratch
+source:
+  type: channel
+transform:
+  template: scratch.j2
+  output: text
+destinations:
+  - name: elsewhere
+    type: channel
+    channel: results-to-ehr
+"""
+
+
+def test_an_unsaved_new_channel_runs_and_huge_output_is_cut(client: TestClient) -> None:
+    headers = login(client)
+    response = client.post(
+        "/api/testbench",
+        json={
+            "channel": "bench-scratch",
+            "message": orm(),
+            "channel_yaml": NEW_CHANNEL,
+            "templates": {"scratch.j2": "{{ msg.seg('OBR')['18'] * 200000 }}"},
+        },
+        headers=headers,
+    )
+    assert response.status_code == 200, response.text
+    transform = response.json()["transform"]
+    assert transform["truncated"] is True
+    assert len(transform["output"]) == 1_000_000
+    assert transform["output"].startswith("ACC1001ACC1001")
+    assert response.json()["destinations"][0]["truncated"] is True
+
+
+def test_every_error_of_unsaved_channel_text_is_reported(client: TestClient) -> None:
+    broken = NEW_CHANNEL.replace("  output: text", "  output: pdf").replace(
+        "    channel: results-to-ehr", "    chanel: results-to-ehr"
+    )
+    response = client.post(
+        "/api/testbench",
+        json={"channel": "bench-scratch", "message": orm(), "channel_yaml": broken},
+        headers=login(client),
+    )
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]["errors"]
+    assert {e["file"] for e in errors} == {"bench-scratch.yaml"}
+    lines = broken.splitlines()
+    assert {(e["field"], e["line"]) for e in errors} >= {
+        ("transform.output", lines.index("  output: pdf") + 1),
+        ("destinations.0.chanel", lines.index("    chanel: results-to-ehr") + 1),
+    }
