@@ -16,15 +16,21 @@ from typing import Any
 
 import httpx
 import pytest
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import Engine, select
 
 from admin.security import CSRF_HEADER
 from admin.tables import admin_access_log
 from admin.users import add_user
+from connectors.dicom_store import NOT_AUTHORIZED
+from connectors.memory import MEMORY_DESTINATIONS
 from engine.config import HubSettings
 from engine.hub import Hub
 from engine.loader import load_channels
 from engine.store.tables import queue_entries
+from tests.support.dicom_files import make_ct_instance
 from tests.support.hub_process import free_port
 from tests.support.mllp_client import msa, send
 from tests.support.mllp_receivers import AckReceiver
@@ -329,5 +335,42 @@ def test_forwards_to_a_paused_or_stopped_channel_wait(tmp_path: Path, action: st
         await until(lambda: len(ehr.received) == 1)
         await until(lambda: queue_statuses(engine, "front") == ["SENT"])
         await ehr.stop()
+
+    run_hub(tmp_path, body)
+
+
+def c_store(port: int, dataset: Any, called: str) -> int:
+    """One C-STORE from a pynetdicom SCU (blocking); the status."""
+    ae = AE(ae_title="MODALITY1")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(dataset).Status)
+    finally:
+        assoc.release()
+
+
+def test_a_paused_dicom_channel_refuses_its_called_ae(tmp_path: Path) -> None:
+    channels = tmp_path / "channels"
+    channels.mkdir()
+    (channels / "images.yaml").write_text(
+        "name: images\ninbound:\n  data_type: dicom-study\n"
+        "source:\n  type: dicom\n  ae_title: CT_IN\n  quiet_period_seconds: 0.3\n"
+        "destinations:\n  - name: pacs\n    type: memory\n    instance: lifecycle-pacs\n"
+    )
+
+    async def body(hub: Hub, admin: Admin) -> None:
+        assert hub.mwl is not None
+        port = hub.mwl.bound_port
+        assert (await admin.act("images", "pause")).json()["state"] == "paused"
+        first = make_ct_instance(str(generate_uid()), str(generate_uid()))
+        assert await asyncio.to_thread(c_store, port, first, "CT_IN") == NOT_AUTHORIZED
+        assert (await admin.act("images", "start")).json()["state"] == "started"
+        second = make_ct_instance(str(generate_uid()), str(generate_uid()))
+        assert await asyncio.to_thread(c_store, port, second, "CT_IN") == 0x0000
+        pacs = MEMORY_DESTINATIONS["lifecycle-pacs"]
+        await until(lambda: len(pacs.received) == 1)
+        assert str(second.StudyInstanceUID) in pacs.received[0]
 
     run_hub(tmp_path, body)
