@@ -15,7 +15,8 @@ if (params.get("expired") === "1") {
 
 /** Only a hash route of this app is a safe place to go back to (no open redirect). */
 function target() {
-  const next = params.get("next") || "";
+  // A redirect from "/#/route" keeps the fragment: "/login#/route".
+  const next = params.get("next") || window.location.hash || "";
   return /^#\/[\w\-./?=&%]*$/.test(next) ? "/" + next : "/";
 }
 

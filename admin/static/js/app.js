@@ -68,6 +68,8 @@ async function route() {
   }
   const root = h("div", {});
   fill(document.getElementById("page"), root);
+  // Tests (and screenshots) wait for this: the page has finished its first load.
+  delete document.body.dataset.loaded;
   if (!pages) {
     root.append(errorBox(new Error(`No page "${name}".`)));
     return;
@@ -79,6 +81,7 @@ async function route() {
   } catch (error) {
     root.append(errorBox(error));
   }
+  document.body.dataset.loaded = name;
 }
 
 function showUser(session) {

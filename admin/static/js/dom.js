@@ -77,6 +77,12 @@ export function age(seconds) {
   return `${Math.round(seconds / 3600)} h`;
 }
 
+/** Label/value pairs in a responsive grid: facts([["Status", node], ...]). */
+export function facts(pairs) {
+  return h("dl", { class: "facts" }, pairs.map(([label, value]) =>
+    h("div", {}, h("dt", { text: label }), h("dd", {}, value))));
+}
+
 /** A page header with a title, an optional subtitle and action nodes. */
 export function pageHead(title, sub, ...actions) {
   return h("div", { class: "page-head" },

@@ -8,15 +8,18 @@ const LINE_PX = 18;
  * setErrors takes [{line, message}] (1-based lines; line 0 = the file as a whole).
  */
 export function createEditor({ value = "", short = false, readOnly = false, label = "Editor" } = {}) {
-  const gutter = h("div", { class: "editor-gutter", "aria-hidden": "true" });
-  const marks = h("div", { class: "editor-marks", "aria-hidden": "true" });
+  // Gutter and marks move with the textarea by a transform, not by their own scrolling:
+  // the scroll offset of an overflow:hidden box is clamped and reset by relayouts.
+  const gutter = h("div", { class: "editor-lines" });
+  const marks = h("div", { class: "editor-lines" });
   const textarea = h("textarea", {
     spellcheck: "false", autocomplete: "off", autocapitalize: "off", wrap: "off",
     "aria-label": label, readonly: readOnly || null,
   });
   textarea.value = value;
-  const element = h("div", { class: `editor${short ? " short" : ""}` }, gutter,
-    h("div", { class: "editor-area" }, marks, textarea));
+  const element = h("div", { class: `editor${short ? " short" : ""}` },
+    h("div", { class: "editor-gutter", "aria-hidden": "true" }, gutter),
+    h("div", { class: "editor-area" }, h("div", { class: "editor-marks", "aria-hidden": "true" }, marks), textarea));
   let errors = new Map();
 
   function paint() {
@@ -28,17 +31,15 @@ export function createEditor({ value = "", short = false, readOnly = false, labe
       numbers.push(h("div", { class: message ? "err" : null, title: message || null, text: String(n) }));
       lines.push(h("div", { class: message ? "err" : null }));
     }
-    // Room for the textarea's horizontal scrollbar, so the numbers stay aligned at the bottom.
-    numbers.push(h("div", { text: "\u00a0" }), h("div", { text: "\u00a0" }));
     fill(gutter, numbers);
     fill(marks, lines);
     sync();
   }
 
   function sync() {
-    gutter.scrollTop = textarea.scrollTop;
-    marks.scrollTop = textarea.scrollTop;
-    marks.scrollLeft = textarea.scrollLeft;
+    // CSSOM style changes are allowed by the CSP (only style attributes in markup are not).
+    gutter.style.transform = `translateY(${-textarea.scrollTop}px)`;
+    marks.style.transform = `translateY(${-textarea.scrollTop}px)`;
   }
 
   let lastCount = -1;

@@ -15,8 +15,9 @@ export function segmentsView(result) {
         h("td", { class: "fval", text: f.value }))))))));
 }
 
-function pretty(text, format) {
-  if (format !== "json") return text;
+/** JSON indented for reading; any other text as it is. */
+export function pretty(text, format = "json") {
+  if (format !== "json" || !/^\s*[[{]/.test(text)) return text;
   try {
     return JSON.stringify(JSON.parse(text), null, 2);
   } catch {

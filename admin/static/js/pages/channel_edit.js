@@ -1,22 +1,22 @@
 // One channel: state and actions, its YAML in an editor validated as you type, diff against Git.
 import { get, post, put } from "../api.js";
-import { busy, debounce, describe, fill, flash, h, pageHead, panel, show } from "../dom.js";
+import { busy, debounce, describe, facts, fill, flash, h, pageHead, panel, show } from "../dom.js";
 import { createEditor, renderDiff, renderErrors } from "../editor.js";
 import { actionButtons } from "./channel_actions.js";
 import { countChips, destinationList, stateBadge } from "./common.js";
 
 const VALIDATE_DELAY_MS = 400;
 
-function facts(info, file) {
-  const item = (label, value) => [h("dt", { text: label }), h("dd", {}, value)];
-  return h("dl", { class: "facts" },
-    item("State", stateBadge(info)),
-    item("File", file ? h("span", { class: "mono", text: file.file }) : "—"),
-    item("Source", show(info.source_type)),
-    item("Enabled in file", info.enabled ? "yes" : "no"),
-    item("Git", file ? gitState(file) : "—"),
-    item("Messages", countChips(info.counts)),
-    item("Destinations", destinationList(info.destinations)));
+function channelFacts(info, file) {
+  return facts([
+    ["State", stateBadge(info)],
+    ["File", file ? h("span", { class: "mono", text: file.file }) : "—"],
+    ["Source", show(info.source_type)],
+    ["Enabled in file", info.enabled ? "yes" : "no"],
+    ["Git", file ? gitState(file) : "—"],
+    ["Messages", countChips(info.counts)],
+    ["Destinations", destinationList(info.destinations)],
+  ]);
 }
 
 function gitState(file) {
@@ -51,7 +51,7 @@ export async function render(root, route, app) {
     ...actionButtons(current, app, (next) => drawHead(next)),
     h("a", { class: "btn btn-small", href: `#/testbench?channel=${encodeURIComponent(current.name)}` }, "Test bench"),
     h("a", { class: "btn btn-small", href: `#/messages?channel=${encodeURIComponent(current.name)}` }, "Messages")),
-  panel("Overview", h("div", { class: "panel-body" }, facts(current, fileInfo))));
+  panel("Overview", h("div", { class: "panel-body" }, channelFacts(current, fileInfo))));
   let fileInfo = null;
   if (!info.file) {
     drawHead(info);

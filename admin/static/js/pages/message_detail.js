@@ -1,23 +1,23 @@
 // One message: facts, reprocess, and every stage side by side (raw, transformed, response,
 // each destination's payload and response), HL7 shown segment by segment with field names.
 import { get, post } from "../api.js";
-import { badge, busy, describe, fill, flash, h, pageHead, panel, phiHidden, show, when } from "../dom.js";
+import { badge, busy, describe, facts, fill, flash, h, pageHead, panel, phiHidden, show, when } from "../dom.js";
 import { contentView } from "../hl7view.js";
 import { channelLink } from "./common.js";
 
-function facts(m) {
-  const item = (label, value) => [h("dt", { text: label }), h("dd", {}, value)];
-  return h("dl", { class: "facts" },
-    item("Status", badge(m.status)),
-    item("Channel", channelLink(m.channel)),
-    item("Type", show(m.message_type)),
-    item("Control ID", h("span", { class: "mono", text: show(m.control_id) })),
-    item("Sender", show(m.sender)),
-    item("Origin", show(m.origin)),
-    item("Patient ID", m.phi_hidden ? phiHidden() : show(m.patient_id)),
-    item("Accession", show(m.accession)),
-    item("Received", when(m.received_at)),
-    item("Updated", when(m.updated_at)));
+function messageFacts(m) {
+  return facts([
+    ["Status", badge(m.status)],
+    ["Channel", channelLink(m.channel)],
+    ["Type", show(m.message_type)],
+    ["Control ID", h("span", { class: "mono", text: show(m.control_id) })],
+    ["Sender", show(m.sender)],
+    ["Origin", show(m.origin)],
+    ["Patient ID", m.phi_hidden ? phiHidden() : show(m.patient_id)],
+    ["Accession", show(m.accession)],
+    ["Received", when(m.received_at)],
+    ["Updated", when(m.updated_at)],
+  ]);
 }
 
 /** The stored content, or undefined when withheld (no PHI access). */
@@ -83,5 +83,5 @@ export async function render(root, route, app) {
   if (m.phi_hidden) {
     root.append(h("p", { class: "notice notice-info", text: "Message content is hidden: no PHI access." }));
   }
-  root.append(panel("Message", h("div", { class: "panel-body" }, facts(m))), stages(m));
+  root.append(panel("Message", h("div", { class: "panel-body" }, messageFacts(m))), stages(m));
 }

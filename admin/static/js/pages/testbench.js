@@ -3,7 +3,7 @@
 import { get, post } from "../api.js";
 import { badge, busy, debounce, describe, fill, h, pageHead, panel } from "../dom.js";
 import { createEditor, renderErrors } from "../editor.js";
-import { textView } from "../hl7view.js";
+import { pretty, textView } from "../hl7view.js";
 
 const LIVE_DELAY_MS = 700;
 
@@ -17,7 +17,7 @@ function filterRows(filters) {
 function output(value, error, role) {
   if (error) return h("p", { class: "notice notice-error", data: { role: `${role}-error` }, text: error });
   if (value === null || value === undefined) return h("p", { class: "muted", text: "No output." });
-  const node = textView(value);
+  const node = textView(pretty(value));
   node.dataset.role = `${role}-output`;
   return node;
 }
@@ -39,7 +39,7 @@ function results(r) {
       d.enabled ? null : h("p", { class: "muted", text: "Disabled in the channel: would not receive it." }),
       d.filters.length ? filterRows(d.filters) : null,
       d.filtered ? h("p", { class: "notice notice-warn", text: "Filtered out for this destination." }) : null,
-      output(d.output, d.error, `destination-${d.name}`))));
+      d.enabled ? output(d.output, d.error, `destination-${d.name}`) : null)));
 }
 
 async function channelText(name) {

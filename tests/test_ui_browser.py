@@ -1,0 +1,267 @@
+"""The admin web UI in a real browser against a real hub process.
+
+One hub (shipped channels, an ORM^O01 and a refused ADT^A01 sent over MLLP) and
+one headless Chromium serve the whole module. The tests walk through what an
+interface analyst does: log in, watch the dashboard, open a message stage by
+stage, reprocess it, try the transform on the test bench, and edit a channel
+file; a viewer must not get write buttons. Full-page screenshots of every main
+page land in tests/artifacts/screenshots/ for a human look.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.support import mllp_client
+from tests.support.browser import SCREENSHOTS, add_user, chromium, require_chromium
+from tests.support.hub_process import HubProcess, start_hub, wait_for_port
+from tests.support.orders import orm
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Page
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # require_chromium() reports it
+    pass
+
+PASSWORD = "correct horse battery"
+ACCESSION = "ACCUI1"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    require_chromium()
+    process = start_hub(tmp_path_factory.mktemp("ui-hub"))
+    try:
+        wait_for_port(process.admin_port, proc=process.proc)
+        add_user(process.data_dir, "ada", PASSWORD, "admin", phi=True)
+        add_user(process.data_dir, "vic", PASSWORD, "viewer", phi=False)
+        ack = mllp_client.send(process.mllp_port, orm(accession=ACCESSION).encode())
+        assert mllp_client.msa(ack)[1] == "AA"
+        refused = orm(accession="ACCUI2").replace("ORM^O01", "ADT^A01")
+        mllp_client.send(process.mllp_port, refused.encode())
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def browser(hub: HubProcess) -> Iterator[Browser]:
+    with chromium() as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def base(hub: HubProcess) -> str:
+    return f"http://127.0.0.1:{hub.admin_port}"
+
+
+class Console:
+    """Script errors and CSP violations a page reported (each one is a bug)."""
+
+    def __init__(self, page: Page) -> None:
+        self.problems: list[str] = []
+        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        page.on("console", self._console)
+
+    def _console(self, message: Any) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            self.problems.append(message.text)
+
+
+@pytest.fixture(scope="module")
+def admin(browser: Browser, base: str) -> Iterator[tuple[Page, Console]]:
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    console = Console(page)
+    yield page, console
+    context.close()
+    assert not console.problems
+
+
+def shot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    if "#/" in page.url:
+        page.wait_for_selector("body[data-loaded]", state="attached")
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def log_in(page: Page, base: str, username: str) -> None:
+    page.goto(f"{base}/login")
+    page.fill("#username", username)
+    page.fill("#password", PASSWORD)
+    page.click("#login-submit")
+    page.wait_for_url(re.compile(r"/(#.*)?$"))
+
+
+def message_id(context: BrowserContext, base: str, **filters: str) -> int:
+    """The newest stored message matching ``filters`` (through the API, with the page's cookie)."""
+    query = "&".join(f"{key}={value}" for key, value in filters.items())
+    answer = context.request.get(f"{base}/api/messages?{query}")
+    assert answer.ok, answer.text()
+    items = answer.json()["items"]
+    assert items, f"no stored message for {filters}"
+    return int(items[0]["id"])
+
+
+def test_without_a_session_the_app_redirects_to_login(browser: Browser, base: str) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{base}/")
+    assert page.url == f"{base}/login"
+    page.fill("#username", "ada")
+    page.fill("#password", "wrong password")
+    page.click("#login-submit")
+    expect(page.locator("#login-error")).to_have_text("Wrong username or password.")
+    page.fill("#password", "")
+    shot(page, "01-login")
+    context.close()
+
+
+def test_login_opens_the_dashboard_with_every_channel(admin: tuple[Page, Console], base: str) -> None:
+    page, _ = admin
+    log_in(page, base, "ada")
+    page.wait_for_selector("text=Signed in as")
+    channels = page.locator("section.panel", has_text="Channels").first
+    for name in ("orders-to-worklist", "results-to-ehr", "images-to-ai"):
+        expect(channels.get_by_role("link", name=name)).to_have_count(1)
+    assert "ada" in page.locator("#who").inner_text()
+    shot(page, "02-dashboard")
+
+
+def test_message_detail_shows_stages_side_by_side_with_hl7_field_names(
+    admin: tuple[Page, Console], base: str
+) -> None:
+    page, _ = admin
+    page.goto(f"{base}/#/messages")
+    page.wait_for_selector("table.grid tbody tr td a")
+    shot(page, "05-messages")
+    ident = message_id(page.context, base, accession=ACCESSION)
+    page.get_by_role("link", name=f"#{ident}", exact=True).click()
+    page.wait_for_url(f"**/#/messages/{ident}")
+    stages = page.locator(".stages > .stage")
+    stages.first.wait_for()
+    titles = [t.strip() for t in stages.locator(".stage-head h2").all_inner_texts()]
+    assert titles[:3] == ["Raw", "Transformed", "Response"]
+    assert "→ worklist" in titles
+    pid = page.locator('.stage[data-stage="Raw"] .seg[data-segment="PID"]')
+    row = pid.locator("tr", has_text="PID-3")
+    assert "Patient Identifier List" in row.inner_text()
+    assert "PAT1001" in row.inner_text()
+    shot(page, "06-message-detail")
+
+
+def test_reprocess_from_the_message_page_confirms(admin: tuple[Page, Console], base: str) -> None:
+    page, _ = admin
+    ident = message_id(page.context, base, accession=ACCESSION)
+    page.goto(f"{base}/#/messages/{ident}")
+    page.click('[data-role="reprocess"]')
+    confirmation = page.locator('[data-role="reprocess-result"] .notice')
+    expect(confirmation).to_have_text("Reprocessed: 1 queue entry requeued.")
+
+
+def test_test_bench_runs_the_worklist_transform_on_a_stored_message(
+    admin: tuple[Page, Console], base: str
+) -> None:
+    page, _ = admin
+    ident = message_id(page.context, base, accession=ACCESSION)
+    page.goto(f"{base}/#/testbench?channel=orders-to-worklist&message_id={ident}")
+    output = page.locator('[data-role="transform-output"]')
+    page.wait_for_selector("text=Loaded message")
+    page.click('[data-role="run"]')
+    output.wait_for()
+    text = output.inner_text()
+    assert "AccessionNumber" in text and ACCESSION in text
+    shot(page, "07-testbench")
+
+
+def test_channel_editor_marks_a_validation_error_at_its_line(
+    admin: tuple[Page, Console], base: str, hub: HubProcess
+) -> None:
+    page, _ = admin
+    page.goto(f"{base}/#/channels")
+    page.wait_for_selector("text=orders-to-worklist")
+    shot(page, "03-channels")
+    page.goto(f"{base}/#/channels/orders-to-worklist")
+    editor = page.locator(".editor textarea")
+    editor.wait_for()
+    page.wait_for_selector("text=Valid channel file")
+    on_disk = (hub.data_dir.parent / "channels" / "orders-to-worklist.yaml").read_text()
+    assert editor.input_value() == on_disk
+    line = next(n for n, text in enumerate(on_disk.splitlines(), 1) if "max_connections" in text)
+    editor.fill(on_disk.replace("max_connections:", "max_conections:"))
+    expect(page.locator(".editor-gutter div.err")).to_have_text([str(line)])
+    expect(page.locator(".validation")).to_contain_text("max_conections")
+    shot(page, "04-channel-editor")
+    page.goto(f"{base}/#/dashboard")
+    assert (hub.data_dir.parent / "channels" / "orders-to-worklist.yaml").read_text() == on_disk
+
+
+@pytest.mark.parametrize(
+    ("route", "name", "ready"),
+    [
+        ("worklist", "08-worklist", "text=Active items"),
+        ("reading", "09-reading-worklist", "text=Open studies"),
+        ("audit", "10-audit", "text=Events"),
+        ("alerts", "11-alerts", "h1:has-text('Alerts')"),
+        ("users", "12-users", "text=vic"),
+    ],
+)
+def test_other_pages_render(
+    admin: tuple[Page, Console], base: str, route: str, name: str, ready: str
+) -> None:
+    page, _ = admin
+    page.goto(f"{base}/#/{route}")
+    page.wait_for_selector(ready)
+    assert page.locator(".page .notice-error").count() == 0
+    shot(page, name)
+
+
+def test_worklist_shows_the_order(admin: tuple[Page, Console], base: str) -> None:
+    page, _ = admin
+    page.goto(f"{base}/#/worklist")
+    row = page.locator("table.grid tbody tr", has_text=ACCESSION)
+    assert "CT" in row.inner_text()
+
+
+def test_a_viewer_gets_no_write_buttons_and_no_phi(browser: Browser, base: str) -> None:
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    log_in(page, base, "vic")
+    ident = message_id(context, base, accession=ACCESSION)
+    page.goto(f"{base}/#/messages/{ident}")
+    page.wait_for_selector(".stages")
+    assert page.locator('[data-role="reprocess"]').count() == 0
+    expect(page.locator('.stage[data-stage="Raw"] .hidden-phi')).to_have_text("hidden: no PHI access")
+    page.goto(f"{base}/#/messages")
+    page.wait_for_selector("table.grid tbody tr")
+    assert page.locator('table.grid input[type="checkbox"]').count() == 0
+    assert page.locator('[data-role="reprocess-selected"]').count() == 0
+    page.goto(f"{base}/#/channels")
+    page.wait_for_selector("text=orders-to-worklist")
+    assert page.locator("button[data-action]").count() == 0
+    assert page.locator('a[data-route="users"]').is_hidden()
+    context.close()
+
+
+def test_logout_returns_to_the_login_page(browser: Browser, base: str) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    log_in(page, base, "vic")
+    page.click("#logout")
+    page.wait_for_url("**/login?logged_out=1")
+    page.goto(f"{base}/#/alerts")
+    assert page.url == f"{base}/login#/alerts"
+    page.fill("#username", "vic")
+    page.fill("#password", PASSWORD)
+    page.click("#login-submit")
+    page.wait_for_url(f"{base}/#/alerts")
+    context.close()
