@@ -19,13 +19,12 @@ from sqlalchemy import select
 from admin.access_log import log_access
 from admin.context import AdminContext, context
 from admin.security import CurrentSession, Session, require_role
-from engine.channel_files import ChannelValidationError
+from engine.channel_files import ChannelValidationError, find_file
 from engine.errors import ConfigError
 from engine.store.tables import messages
 from engine.testbench import (
     TestBench,
     check_template_name,
-    find_file,
     list_templates,
     load_channel_text,
     read_template,

@@ -22,7 +22,7 @@ from typing import Any
 from jinja2 import BaseLoader, ChoiceLoader, Environment, FileSystemLoader, TemplateNotFound
 
 from connectors.base import Origin
-from engine.channel_files import ChannelValidationError, find_file
+from engine.channel_files import ChannelValidationError
 from engine.channel_steps import ChannelSteps, CompiledFilter
 from engine.config import Channel, FilterRule
 from engine.datatypes import datatype_for
@@ -40,7 +40,7 @@ __all__ = [
     "BenchRefusedError",
     "BenchResult",
     "TestBench",
-    "find_file",
+    "check_template_name",
     "list_templates",
     "load_channel_text",
     "read_template",
