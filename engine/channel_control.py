@@ -109,8 +109,9 @@ class ChannelControl:
         """Re-read and validate the file of ``name``, replace the running version, start it.
 
         Raises :class:`UnknownChannel`, :class:`~engine.channel_files.ChannelValidationError`
-        (the running version is left alone), or :class:`ChannelStateError` for a file
-        with ``enabled: false``.
+        (the running version is left alone), :class:`ChannelStateError` for a file
+        with ``enabled: false``, or the error of a new version that cannot start (a port
+        or AE title in use): the previous version is then put back as it was.
         """
         async with self._lock:
             directory = self._services.settings.channels_dir
@@ -122,12 +123,18 @@ class ChannelControl:
             )
             if not channel.file.enabled:
                 raise ChannelStateError(f"channel {name} is disabled (enabled: false in its file)")
-            if name in self._deployments:
+            previous = self._deployments.get(name)
+            if previous is not None:
                 await self._undeploy(name)
             self._services.ai_models.update(
                 {d.spec.ai.model: d.spec.ai for d in channel.destinations if d.spec.ai}
             )
-            await self._deploy(channel)
+            try:
+                await self._deploy(channel)
+            except EngineError:
+                if previous is not None:
+                    await self._restore(previous)
+                raise
             return channel
 
     async def undeploy(self, name: str) -> None:
@@ -200,6 +207,23 @@ class ChannelControl:
         self._deployments[channel.name] = deployment
         log.info("channel %s deployed", channel.name)
 
+    async def _restore(self, previous: Deployment) -> None:
+        """Put back the version a failed redeploy replaced, in the state it was in."""
+        name = previous.channel.name
+        try:
+            await self._deploy(previous.channel)
+            deployment = self._deployments[name]
+            if previous.state is not ChannelState.STARTED:
+                await self._stop_source(deployment)
+                deployment.state = ChannelState.PAUSED
+            if previous.state is ChannelState.STOPPED:
+                await self._stop_workers(deployment)
+                deployment.state = ChannelState.STOPPED
+        except EngineError as exc:
+            log.error("channel %s: the previous version cannot be restored: %s", name, exc)
+            return
+        log.warning("channel %s: new version failed to start; previous version restored", name)
+
     async def _undeploy(self, name: str) -> None:
         deployment = self._deployments[name]
         await self._stop_source(deployment)
@@ -209,17 +233,21 @@ class ChannelControl:
 
     def _start_workers(self, deployment: Deployment) -> None:
         channel, services = deployment.channel, self._services
+        enabled = [d for d in channel.destinations if d.spec.enabled]
+        # Every connector is built before any worker starts: a factory that fails
+        # (a config only checkable here) leaves no worker running behind it.
+        connectors = [
+            registry.factory("destination", d.spec.type)(
+                d.connector, services, d.spec, channel=channel.name
+            )
+            for d in enabled
+        ]
         workers = []
-        for destination in channel.destinations:
-            if not destination.spec.enabled:
-                continue
-            make = registry.factory("destination", destination.spec.type)
+        for destination, connector in zip(enabled, connectors, strict=True):
             worker = DestinationWorker(
                 channel.name,
                 destination.spec.name,
-                connector=make(
-                    destination.connector, services, destination.spec, channel=channel.name
-                ),
+                connector=connector,
                 retry=destination.spec.retry,
                 ai=destination.spec.ai,
                 engine=services.engine,

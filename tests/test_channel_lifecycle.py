@@ -374,3 +374,27 @@ def test_a_paused_dicom_channel_refuses_its_called_ae(tmp_path: Path) -> None:
         assert str(second.StudyInstanceUID) in pacs.received[0]
 
     run_hub(tmp_path, body)
+
+
+def test_a_new_version_that_cannot_start_leaves_the_running_one(tmp_path: Path) -> None:
+    port, busy_port, ehr_port = free_port(), free_port(), free_port()
+    channels = tmp_path / "channels"
+    channels.mkdir()
+    (channels / "relay.yaml").write_text(mllp_channel("relay", port, ehr_port))
+
+    async def body(hub: Hub, admin: Admin) -> None:
+        blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", busy_port)
+        ehr = await AckReceiver(port=ehr_port).start()
+        try:
+            (channels / "relay.yaml").write_text(mllp_channel("relay", busy_port, ehr_port))
+            failed = await admin.act("relay", "deploy")
+            assert failed.status_code == 409
+            assert "cannot listen" in failed.json()["detail"]
+            assert (await admin.info("relay"))["state"] == "started"
+            assert await mllp_send(port, orm(placer="K1", accession="AK1")) == "AA"
+            await until(lambda: len(ehr.received) == 1)
+        finally:
+            blocker.close()
+            await ehr.stop()
+
+    run_hub(tmp_path, body)
