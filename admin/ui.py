@@ -42,7 +42,12 @@ CSP = "; ".join(
 
 # What the login page loads; nothing here reveals anything about the hub.
 _PUBLIC_ASSETS = frozenset({"base.css", "login.js"})
-_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
+_TYPES = {
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".html": "text/html",
+    ".svg": "image/svg+xml",
+}
 
 router = APIRouter(include_in_schema=False)
 Ctx = Annotated[AdminContext, Depends(context)]

@@ -10,9 +10,9 @@ page land in tests/artifacts/screenshots/ for a human look.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -25,10 +25,8 @@ from tests.support.orders import orm
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
 
-try:
+with contextlib.suppress(ImportError):  # require_chromium() reports it missing
     from playwright.sync_api import expect
-except ImportError:  # require_chromium() reports it
-    pass
 
 PASSWORD = "correct horse battery"
 ACCESSION = "ACCUI1"
@@ -125,7 +123,9 @@ def test_without_a_session_the_app_redirects_to_login(browser: Browser, base: st
     context.close()
 
 
-def test_login_opens_the_dashboard_with_every_channel(admin: tuple[Page, Console], base: str) -> None:
+def test_login_opens_the_dashboard_with_every_channel(
+    admin: tuple[Page, Console], base: str
+) -> None:
     page, _ = admin
     log_in(page, base, "ada")
     page.wait_for_selector("text=Signed in as")
@@ -240,7 +240,9 @@ def test_a_viewer_gets_no_write_buttons_and_no_phi(browser: Browser, base: str) 
     page.goto(f"{base}/#/messages/{ident}")
     page.wait_for_selector(".stages")
     assert page.locator('[data-role="reprocess"]').count() == 0
-    expect(page.locator('.stage[data-stage="Raw"] .hidden-phi')).to_have_text("hidden: no PHI access")
+    expect(page.locator('.stage[data-stage="Raw"] .hidden-phi')).to_have_text(
+        "hidden: no PHI access"
+    )
     page.goto(f"{base}/#/messages")
     page.wait_for_selector("table.grid tbody tr")
     assert page.locator('table.grid input[type="checkbox"]').count() == 0

@@ -101,7 +101,12 @@ def test_missing_files_are_not_revealed_before_login(client: TestClient) -> None
 
 def test_no_escape_from_the_static_folder(client: TestClient) -> None:
     login(client)
-    for path in ("/static/../ui.py", "/static/%2e%2e/ui.py", "/static/js/../../ui.py", "/static/js"):
+    for path in (
+        "/static/../ui.py",
+        "/static/%2e%2e/ui.py",
+        "/static/js/../../ui.py",
+        "/static/js",
+    ):
         assert client.get(path).status_code == 404, path
 
 

@@ -66,5 +66,7 @@ def add_user(data_dir: Path, name: str, password: str, role: str, *, phi: bool) 
     meridian = Path(sys.executable).parent / "meridian"
     command = [str(meridian), "user", "add", name, "--role", role, "--password-stdin"]
     command += ["--phi" if phi else "--no-phi", "--data", str(data_dir)]
-    done = subprocess.run(command, input=password + "\n", capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        command, input=password + "\n", capture_output=True, text=True, check=False
+    )
     assert done.returncode == 0, done.stderr

@@ -68,6 +68,10 @@ async function route() {
   }
   const root = h("div", {});
   fill(document.getElementById("page"), root);
+  // Notes of the page left behind go; one raised just before this navigation stays.
+  for (const note of document.querySelectorAll("#flash > .notice")) {
+    if (Date.now() - Number(note.dataset.at) > 1000) note.remove();
+  }
   // Tests (and screenshots) wait for this: the page has finished its first load.
   delete document.body.dataset.loaded;
   if (!pages) {

@@ -117,7 +117,8 @@ export function cell(value) {
 /** A short-lived message at the top right ("ok" | "error" | "info" | "warn"). */
 export function flash(text, kind = "ok") {
   const box = document.getElementById("flash");
-  const note = h("div", { class: `notice notice-${kind}`, role: kind === "error" ? "alert" : "status", text });
+  const note = h("div", { class: `notice notice-${kind}`, role: kind === "error" ? "alert" : "status", text,
+    data: { at: Date.now() } });
   box.append(note);
   window.setTimeout(() => note.remove(), kind === "error" ? 9000 : 5000);
   return note;
