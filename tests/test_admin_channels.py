@@ -232,9 +232,11 @@ def test_save_refuses_invalid_text_with_every_error_and_its_line(
     assert error["file"] == "orders.yaml"
     assert "did you mean 'mllp'" in error["message"]
     syntax = client.put(
-        "/api/channels/orders/file", json={"text": ORDERS + "  - [oops\n"}, headers=headers
+        "/api/channels/orders/file",
+        json={"text": ORDERS.replace("description: orders", "description: [orders")},
+        headers=headers,
     )
-    assert errors_of(syntax)[0][1] == "(yaml)"
+    assert errors_of(syntax) == [(3, "(yaml)")]
     renamed = client.put(
         "/api/channels/orders/file",
         json={"text": ORDERS.replace("name: orders", "name: orders2")},
