@@ -1,7 +1,9 @@
 """Login throttling: too many failed logins for a username, or from an address, wait a while.
 
 Failures are counted per key (``user:<name>`` and ``ip:<address>``) in a
-sliding window. When a key has ``max_failures`` failures within ``window``,
+sliding window. When a key has its quota of failures within ``window``
+(``max_failures`` for a username, ``max_address_failures`` for an address:
+higher, since many users may share one address behind a proxy or NAT),
 logins for it are refused (HTTP 429, ``Retry-After``) until the oldest of
 those failures leaves the window. Refused attempts are not counted, so the
 lock always ends at most ``window`` after the last counted failure: an
@@ -22,10 +24,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
-__all__ = ["LoginThrottle"]
+__all__ = ["ADDRESS_PREFIX", "LoginThrottle"]
 
-#: Failures allowed per key within the window.
+#: Failures allowed per username within the window.
 MAX_FAILURES = 5
+#: Failures allowed per client address within the window.
+MAX_ADDRESS_FAILURES = 20
+#: Keys starting with this count against the address quota.
+ADDRESS_PREFIX = "ip:"
 #: The window, in seconds.
 WINDOW_SECONDS = 300.0
 #: Keys tracked at most; past this, keys with no failure in the window are dropped.
@@ -40,9 +46,11 @@ class LoginThrottle:
         max_failures: int = MAX_FAILURES,
         window_seconds: float = WINDOW_SECONDS,
         *,
+        max_address_failures: int = MAX_ADDRESS_FAILURES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_failures = max_failures
+        self.max_address_failures = max_address_failures
         self.window = window_seconds
         self._clock = clock
         self._failures: dict[str, deque[float]] = {}
@@ -55,9 +63,10 @@ class LoginThrottle:
         with self._lock:
             for key in keys:
                 recent = self._recent(key, now)
-                if recent is not None and len(recent) >= self.max_failures:
+                quota = self._quota(key)
+                if recent is not None and len(recent) >= quota:
                     # Unlocks when the failure that filled the quota leaves the window.
-                    waits.append(recent[-self.max_failures] + self.window - now)
+                    waits.append(recent[-quota] + self.window - now)
         if not waits:
             return None
         return max(1, math.ceil(max(waits)))
@@ -72,13 +81,16 @@ class LoginThrottle:
                 recent = self._failures.setdefault(key, deque())
                 recent.append(now)
                 # Older failures than the quota needs never matter again.
-                while len(recent) > self.max_failures:
+                while len(recent) > self._quota(key):
                     recent.popleft()
 
     def succeeded(self, key: str) -> None:
         """Forget ``key``'s failures (a correct password for that username)."""
         with self._lock:
             self._failures.pop(key, None)
+
+    def _quota(self, key: str) -> int:
+        return self.max_address_failures if key.startswith(ADDRESS_PREFIX) else self.max_failures
 
     def _recent(self, key: str, now: float) -> deque[float] | None:
         recent = self._failures.get(key)

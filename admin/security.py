@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection, delete, insert, select
 
 from admin.context import AdminContext, context
-from admin.rate_limit import LoginThrottle
+from admin.rate_limit import ADDRESS_PREFIX, LoginThrottle
 from admin.tables import admin_sessions
 from admin.user_admin import set_password_op
 from admin.users import MIN_PASSWORD, Role, User, get_user, has_role, verify
@@ -182,7 +182,9 @@ def login(credentials: Credentials, request: Request, response: Response, ctx: C
     (see :mod:`admin.rate_limit`), even with the right password, until the window passes.
     """
     throttle = _throttle(request)
-    keys = [f"user:{credentials.username}", f"ip:{request.client.host if request.client else ''}"]
+    # The peer address as the socket saw it: X-Forwarded-For is not trusted (anyone can set it).
+    address = request.client.host if request.client else ""
+    keys = [f"user:{credentials.username}", ADDRESS_PREFIX + address]
     wait = throttle.retry_after(keys)
     if wait is not None:
         raise HTTPException(
