@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from admin.hl7_segments import display
 from admin.security import CSRF_HEADER
 from admin.tables import admin_access_log
 from engine.store.tables import queue_entries
@@ -274,3 +275,16 @@ def test_access_log_shows_who_did_what_to_admins_only(
     only = client.get("/api/access-log", params={"action": "view", "limit": 5}).json()
     assert [r["action"] for r in only] == ["view"]
     assert client.get("/api/access-log", params={"username": "zed"}).json() == []
+
+
+def test_other_delimiters_and_stray_lines_are_shown_faithfully() -> None:
+    shown = display("\ufeffMSH#*~\\&#EHR#HOSP\rPID#1##A*B~C\rnot a segment\r\r")
+    assert shown["format"] == "hl7"
+    assert shown["version"] is None
+    msh, pid, stray = shown["segments"]
+    assert fields(msh)["MSH-1"] == ("Field Separator", "#")
+    assert fields(msh)["MSH-2"] == ("Encoding Characters", "*~\\&")
+    assert fields(pid)["PID-3"][1] == "A*B~C"
+    assert (stray["name"], stray["fields"][0]["value"]) == ("", "not a segment")
+    assert display("plain words")["format"] == "text"
+    assert display("[1, 2")["format"] == "text"  # broken JSON stays text
