@@ -13,10 +13,13 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from sqlalchemy import create_engine, insert
 
+from engine.ai_timeouts import alerts
 from tests.support import mllp_client
 from tests.support.browser import SCREENSHOTS, add_user, chromium, require_chromium
 from tests.support.hub_process import HubProcess, start_hub, wait_for_port
@@ -44,9 +47,24 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
         assert mllp_client.msa(ack)[1] == "AA"
         refused = orm(accession="ACCUI2").replace("ORM^O01", "ADT^A01")
         mllp_client.send(process.mllp_port, refused.encode())
+        raise_alert(process)
         yield process
     finally:
         process.stop()
+
+
+ALERT = "Model ct-head gave no result within 300 s"
+
+
+def raise_alert(hub: HubProcess) -> None:
+    """An open alert as the AI-timeout check records it (a real timeout takes minutes)."""
+    engine = create_engine(f"sqlite:///{hub.db_path}")
+    try:
+        with engine.begin() as conn:
+            row = {"kind": "ai_timeout", "severity": "warning", "message": ALERT}
+            conn.execute(insert(alerts).values(at=datetime.now(UTC), acknowledged=False, **row))
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +151,9 @@ def test_login_opens_the_dashboard_with_every_channel(
     for name in ("orders-to-worklist", "results-to-ehr", "images-to-ai"):
         expect(channels.get_by_role("link", name=name)).to_have_count(1)
     assert "ada" in page.locator("#who").inner_text()
+    errors = page.locator("section.panel", has_text="Recent errors")
+    expect(errors.locator("tbody tr")).to_contain_text(["ADT^A01"])
+    expect(page.locator("#alert-count")).to_have_text("1")
     shot(page, "02-dashboard")
 
 
@@ -210,7 +231,6 @@ def test_channel_editor_marks_a_validation_error_at_its_line(
         ("worklist", "08-worklist", "text=Active items"),
         ("reading", "09-reading-worklist", "text=Open studies"),
         ("audit", "10-audit", "text=Events"),
-        ("alerts", "11-alerts", "h1:has-text('Alerts')"),
         ("users", "12-users", "text=vic"),
     ],
 )
@@ -222,6 +242,19 @@ def test_other_pages_render(
     page.wait_for_selector(ready)
     assert page.locator(".page .notice-error").count() == 0
     shot(page, name)
+
+
+def test_an_analyst_acknowledges_an_alert(admin: tuple[Page, Console], base: str) -> None:
+    page, _ = admin
+    page.goto(f"{base}/#/alerts")
+    row = page.locator("table.grid tbody tr", has_text=ALERT)
+    expect(row).to_contain_text("warning")
+    shot(page, "11-alerts")
+    row.locator('[data-role="acknowledge"]').click()
+    expect(page.locator("table.grid tbody")).to_have_text("No open alerts.")
+    page.goto(f"{base}/#/alerts?all=1")
+    expect(page.locator("table.grid tbody tr", has_text=ALERT)).to_contain_text("by ada")
+    expect(page.locator("#alert-count")).to_be_hidden()
 
 
 def test_worklist_shows_the_order(admin: tuple[Page, Console], base: str) -> None:
@@ -251,6 +284,26 @@ def test_a_viewer_gets_no_write_buttons_and_no_phi(browser: Browser, base: str) 
     page.wait_for_selector("text=orders-to-worklist")
     assert page.locator("button[data-action]").count() == 0
     assert page.locator('a[data-route="users"]').is_hidden()
+    context.close()
+
+
+def test_an_ended_session_sends_the_page_back_to_login(browser: Browser, base: str) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    log_in(page, base, "vic")
+    page.wait_for_selector("body[data-loaded]", state="attached")
+    # The session ends behind the page's back (expiry, logout in another tab, disabled user).
+    csrf = context.request.get(f"{base}/api/session").json()["csrf_token"]
+    assert context.request.post(f"{base}/api/logout", headers={"X-CSRF-Token": csrf}).ok
+    page.click('a[data-route="messages"]')
+    page.wait_for_url("**/login?expired=1*")
+    expect(page.locator("#login-notice")).to_have_text(
+        "Your session expired. Please sign in again."
+    )
+    page.fill("#username", "vic")
+    page.fill("#password", PASSWORD)
+    page.click("#login-submit")
+    page.wait_for_url(f"{base}/#/messages")
     context.close()
 
 

@@ -16,8 +16,13 @@ export class ApiError extends Error {
   }
 }
 
-/** Leave for the login page, coming back to the current route afterwards. */
+let leaving = false;
+
+/** Leave for the login page, coming back to the current route afterwards (once). */
 export function toLogin(reason) {
+  // Several calls may fail with 401 at once; a second navigation would abort the first.
+  if (leaving) return;
+  leaving = true;
   const params = new URLSearchParams();
   if (reason) params.set(reason, "1");
   if (window.location.hash) params.set("next", window.location.hash);
@@ -74,11 +79,11 @@ export const post = (path, body) => call("POST", path, body === undefined ? {} :
 export const put = (path, body) => call("PUT", path, body);
 export const patch = (path, body) => call("PATCH", path, body);
 
-/** A query string from an object, leaving out empty values. */
+/** A query string from an object, leaving out empty values (false is sent as "false"). */
 export function query(params) {
   const search = new URLSearchParams();
   for (const [key, value] of Object.entries(params)) {
-    if (value !== undefined && value !== null && value !== "" && value !== false) {
+    if (value !== undefined && value !== null && value !== "") {
       search.set(key, String(value));
     }
   }

@@ -1,4 +1,5 @@
 // The single-page app: session, navigation, hash routing, and per-route polling.
+import { changePasswordDialog } from "./account.js";
 import { get, loadSession, logout, toLogin } from "./api.js";
 import { errorBox, fill, h } from "./dom.js";
 import * as alerts from "./pages/alerts.js";
@@ -43,6 +44,10 @@ const app = {
   },
   go(hash) {
     window.location.hash = hash;
+  },
+  /** Update the open-alerts count in the navigation now. */
+  refreshAlerts() {
+    return refreshAlertCount();
   },
 };
 
@@ -118,6 +123,7 @@ async function start() {
   app.session = session;
   showUser(session);
   document.getElementById("logout").addEventListener("click", () => logout());
+  document.getElementById("change-password").addEventListener("click", changePasswordDialog);
   // Back to the login page when the session runs out, even on an idle page.
   const left = new Date(session.expires_at).getTime() - Date.now();
   if (left > 0 && left < 2 ** 31) window.setTimeout(() => toLogin("expired"), left + 1000);

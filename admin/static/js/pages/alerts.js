@@ -13,13 +13,17 @@ export async function render(root, route, app) {
     const alerts = await get(`/api/alerts${query({ open_only: openOnly, limit: 200 })}`);
     const rows = alerts.map((a) => [
       { cls: "nowrap", value: when(a.created_at) }, badge(a.severity), show(a.kind), show(a.message),
-      a.acknowledged_at
-        ? h("span", { class: "muted", text: `${when(a.acknowledged_at)}${a.acknowledged_by ? ` by ${a.acknowledged_by}` : ""}` })
-        : acknowledgeButton(a),
+      a.acknowledged || a.acknowledged_at ? acknowledged(a) : acknowledgeButton(a),
     ]);
     fill(body, panel(`${openOnly ? "Open alerts" : "All alerts"} (${alerts.length})`, table([{ label: "Raised" },
       { label: "Severity" }, { label: "Kind" }, { label: "Message" }, { label: "Acknowledged" }], rows,
     openOnly ? "No open alerts." : "No alerts.")));
+  }
+
+  function acknowledged(alert) {
+    if (!alert.acknowledged_at) return h("span", { class: "muted", text: "yes" });
+    const by = alert.acknowledged_by ? ` by ${alert.acknowledged_by}` : "";
+    return h("span", { class: "muted", text: `${when(alert.acknowledged_at)}${by}` });
   }
 
   function acknowledgeButton(alert) {
@@ -29,7 +33,7 @@ export async function render(root, route, app) {
       try {
         await post(`/api/alerts/${alert.id}/acknowledge`);
         flash("Alert acknowledged");
-        await load();
+        await Promise.all([load(), app.refreshAlerts()]);
       } catch (error) {
         flash(`Could not acknowledge: ${describe(error)}`, "error");
       }
