@@ -188,6 +188,17 @@ def test_reprocess_from_the_message_page_confirms(admin: tuple[Page, Console], b
     expect(confirmation).to_have_text("Reprocessed: 1 queue entry requeued.")
 
 
+def test_reprocess_several_messages_from_the_list(admin: tuple[Page, Console], base: str) -> None:
+    page, _ = admin
+    page.goto(f"{base}/#/messages?channel=orders-to-worklist")
+    boxes = page.locator('table.grid tbody input[type="checkbox"]')
+    expect(boxes).to_have_count(2)
+    for index in range(2):
+        boxes.nth(index).check()
+    page.click('[data-role="reprocess-selected"]')
+    expect(page.locator("#flash")).to_contain_text("Reprocessed 2 message(s)")
+
+
 def test_test_bench_runs_the_worklist_transform_on_a_stored_message(
     admin: tuple[Page, Console], base: str
 ) -> None:
@@ -242,6 +253,40 @@ def test_other_pages_render(
     page.wait_for_selector(ready)
     assert page.locator(".page .notice-error").count() == 0
     shot(page, name)
+
+
+def test_channel_pause_and_start_from_the_channel_page(
+    admin: tuple[Page, Console], base: str
+) -> None:
+    page, _ = admin
+    page.goto(f"{base}/#/channels/reports-from-ris")
+    state = page.locator(".facts .badge").first
+    expect(state).to_have_text("started")
+    page.click('button[data-action="pause"]')
+    expect(state).to_have_text("paused")
+    page.click('button[data-action="start"]')
+    expect(state).to_have_text("started")
+    page.get_by_role("button", name="Diff against Git").click()
+    expect(page.get_by_text("This file is not tracked in Git.")).to_be_visible()
+
+
+def test_an_admin_creates_a_user_and_changes_the_role(
+    admin: tuple[Page, Console], base: str
+) -> None:
+    page, _ = admin
+    page.goto(f"{base}/#/users")
+    form = page.locator("form", has_text="Create user")
+    form.locator('input[name="username"]').fill("ann")
+    form.locator('input[name="password"]').fill(PASSWORD)
+    form.locator('select[name="role"]').select_option("viewer")
+    form.get_by_role("button", name="Create user").click()
+    row = page.locator('tr[data-user="ann"]')
+    expect(row.locator("select")).to_have_value("viewer")
+    row.locator("select").select_option("analyst")
+    row.get_by_role("button", name="Save").click()
+    expect(page.locator("#flash")).to_contain_text("Saved ann")
+    page.reload()
+    expect(page.locator('tr[data-user="ann"] select')).to_have_value("analyst")
 
 
 def test_an_analyst_acknowledges_an_alert(admin: tuple[Page, Console], base: str) -> None:

@@ -1,6 +1,6 @@
 // Message browser: search, select, reprocess many, export.
 import { ApiError, get, post, query } from "../api.js";
-import { badge, busy, describe, errorBox, fill, flash, h, pageHead, panel, show, table, when } from "../dom.js";
+import { badge, busy, describe, errorBox, fill, flash, h, pageHead, panel, phiHidden, show, table, when } from "../dom.js";
 import { channelLink, messageLink } from "./common.js";
 
 const STATUSES = ["", "RECEIVED", "FILTERED", "TRANSFORMED", "QUEUED", "SENT", "ERROR"];
@@ -116,7 +116,7 @@ export async function render(root, route, app) {
       h("td", {}, channelLink(m.channel)), h("td", {}, badge(m.status)),
       h("td", { text: show(m.message_type) }), h("td", { text: show(m.sender) }),
       h("td", { class: "mono", text: show(m.control_id) }),
-      h("td", {}, app.session.can_view_phi ? show(m.patient_id) : h("span", { class: "hidden-phi", text: "hidden" })),
+      h("td", {}, app.session.can_view_phi ? show(m.patient_id) : phiHidden()),
       h("td", { text: show(m.accession) }));
     box?.addEventListener("change", () => {
       if (box.checked) selected.add(m.id);
