@@ -97,6 +97,7 @@ def admin(browser: Browser, base: str) -> Iterator[tuple[Page, Console]]:
     page = context.new_page()
     page.set_default_timeout(10_000)
     console = Console(page)
+    log_in(page, base, "ada")
     yield page, console
     context.close()
     assert not console.problems
@@ -145,7 +146,7 @@ def test_login_opens_the_dashboard_with_every_channel(
     admin: tuple[Page, Console], base: str
 ) -> None:
     page, _ = admin
-    log_in(page, base, "ada")
+    page.goto(f"{base}/#/dashboard")
     page.wait_for_selector("text=Signed in as")
     channels = page.locator("section.panel", has_text="Channels").first
     for name in ("orders-to-worklist", "results-to-ehr", "images-to-ai"):
@@ -212,6 +213,23 @@ def test_test_bench_runs_the_worklist_transform_on_a_stored_message(
     text = output.inner_text()
     assert "AccessionNumber" in text and ACCESSION in text
     shot(page, "07-testbench")
+
+
+def test_test_bench_runs_unsaved_channel_yaml_live(admin: tuple[Page, Console], base: str) -> None:
+    page, _ = admin
+    page.goto(f"{base}/#/testbench?channel=orders-to-worklist")
+    page.locator(".editor textarea").first.fill(orm(accession="ACCUI3").replace("\r", "\n"))
+    expect(page.locator('[data-role="transform-output"]')).to_contain_text("ACCUI3")
+    page.get_by_label("Edit the channel YAML for this run").check()
+    yaml_editor = page.get_by_role("textbox", name="Channel YAML", exact=True)
+    expect(yaml_editor).to_have_value(re.compile("orm_to_mwl.j2"))
+    yaml_editor.fill(yaml_editor.input_value().replace('segs("ORC")', 'segs("ZZZ")'))
+    # Live: the run follows the edit without pressing Run.
+    expect(page.get_by_text("Filtered: the channel would stop here.")).to_be_visible()
+    page.get_by_label("Template to edit for this run").select_option("orm_to_mwl.j2")
+    expect(page.get_by_role("textbox", name="Template", exact=True)).to_have_value(
+        re.compile("Modality Worklist")
+    )
 
 
 def test_channel_editor_marks_a_validation_error_at_its_line(
