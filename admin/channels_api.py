@@ -155,7 +155,7 @@ async def create_channel(body: NewChannel, session: Analyst, ctx: Ctx) -> dict[s
     """A new channel file (undeployed until deployed); 409 if the file exists."""
     if not valid_file_name(body.file):
         raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_ENTITY,
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
             "file: a plain name ending in .yaml or .yml (letters, digits, '.', '_', '-')",
         )
     path = _directory(ctx) / body.file
@@ -238,7 +238,7 @@ def _check(ctx: AdminContext, text: str, path: Path, expected_name: str | None =
 
 def _invalid(errors: list[ChannelFileError]) -> HTTPException:
     return HTTPException(
-        status.HTTP_422_UNPROCESSABLE_ENTITY, {"errors": [_error(e) for e in errors]}
+        status.HTTP_422_UNPROCESSABLE_CONTENT, {"errors": [_error(e) for e in errors]}
     )
 
 
