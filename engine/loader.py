@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 from pydantic import BaseModel, ValidationError
 
@@ -119,7 +120,10 @@ class _Checker:
             return model.model_validate(raw)
         except ValidationError as exc:
             for problem in exc.errors():
-                self.error((*where, *problem["loc"]), problem["msg"])
+                reason = problem["msg"]
+                if problem["type"] == "extra_forbidden":
+                    reason = _unknown_field(model, str(problem["loc"][-1]))
+                self.error((*where, *problem["loc"]), reason)
             return None
 
     def connector(
@@ -156,3 +160,28 @@ class _Checker:
 
 def _dotted(field: Sequence[str | int]) -> str:
     return ".".join(str(part) for part in field) or "(file)"
+
+
+def _unknown_field(model: type[BaseModel], name: str) -> str:
+    """'unknown field', with the closest real field name: typos are the usual cause."""
+    close = difflib.get_close_matches(name, sorted(_field_names(model)), n=1, cutoff=0.7)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown field '{name}'{hint}"
+
+
+def _field_names(model: type[BaseModel], seen: frozenset[type] = frozenset()) -> set[str]:
+    """Every field name of ``model`` and of the models nested in it."""
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        names.add(field.alias or name)
+        for nested in _models_in(field.annotation):
+            if nested not in seen:
+                names |= _field_names(nested, seen | {model})
+    return names
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+

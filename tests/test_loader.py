@@ -49,7 +49,12 @@ def test_good_channel_loads_with_connector_configs(tmp_path: Path) -> None:
     ("text", "line", "field", "reason"),
     [
         (GOOD.replace("port: 2575", "port: 99999"), 4, "source.port", "less than or equal"),
-        (GOOD.replace("port: 2575", "prot: 2575"), 4, "source.prot", "Extra inputs"),
+        (
+            GOOD.replace("port: 2575", "prot: 2575"),
+            4,
+            "source.prot",
+            "unknown field 'prot'; did you mean 'port'?",
+        ),
         (
             GOOD.replace("    type: worklist", "    type: worklst"),
             10,
