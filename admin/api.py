@@ -43,8 +43,10 @@ def create_app(services: Services, hub: Hub | None, settings: AdminSettings) -> 
     ensure_tables(services.engine)
     app = FastAPI(
         title="Meridian admin API",
-        openapi_url="/api/openapi.json",
-        docs_url="/api/docs",
+        # Served by our own route below, behind login. No Swagger page: it loads its
+        # scripts from a CDN, which hospital networks block and our CSP forbids.
+        openapi_url=None,
+        docs_url=None,
         redoc_url=None,
     )
     app.state.admin = AdminContext(services=services, hub=hub, settings=settings)
@@ -64,6 +66,7 @@ def create_app(services: Services, hub: Hub | None, settings: AdminSettings) -> 
     ):
         app.include_router(module.router)
     app.middleware("http")(_security_headers)
+    app.add_api_route("/api/openapi.json", openapi_schema, methods=["GET"], include_in_schema=False)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"])
     app.add_api_route(
         "/metrics", metrics, methods=["GET"], tags=["ops"], response_class=PlainTextResponse
@@ -80,6 +83,11 @@ async def _security_headers(
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
     return response
+
+
+def openapi_schema(_: security.CurrentSession, request: Request) -> JSONResponse:
+    """The OpenAPI description of ``/api`` (login required like every other API call)."""
+    return JSONResponse(request.app.openapi())
 
 
 def healthz(ctx: Ctx) -> JSONResponse:

@@ -215,4 +215,8 @@ def test_read_views_answer(client: TestClient, store: FakeServices) -> None:
     assert client.get("/api/worklist").json() == []
     assert client.get("/api/reading-worklist").json() == []
     assert client.get("/api/audit", params={"kind": "routed"}).json() == []
-    assert client.get("/api/openapi.json").status_code == 200
+    schema = client.get("/api/openapi.json")
+    assert "/api/messages" in schema.json()["paths"]
+    client.post("/api/logout", headers={"X-CSRF-Token": login(client, "vic")})
+    assert client.get("/api/openapi.json").status_code == 401
+    assert client.get("/api/docs").status_code in (302, 401, 404)
