@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from admin.settings import AdminSettings
 from connectors.dicom_mwl import DicomListenerConfig
 from engine.ai_result import AIMode
+from engine.alert_config import AlertSettings
 from engine.normalize_config import NormalizeConfig
 from engine.reading_config import ReadingWorklistConfig
 from engine.transform import TransformConfig
@@ -29,6 +30,8 @@ __all__ = [
     "FilterRule",
     "HubSettings",
     "InboundConfig",
+    "RetentionPolicy",
+    "RetentionSettings",
     "RetryPolicy",
 ]
 
@@ -100,6 +103,35 @@ class AIModelConfig(_Strict):
     )
 
 
+class RetentionPolicy(_Strict):
+    """How long a channel's messages are kept. None keeps for ever.
+
+    Messages still QUEUED or in ERROR (or with such a delivery) are never pruned,
+    whatever their age: they are unfinished or wait for an analyst.
+    """
+
+    content_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="after this many days the content (raw, transformed, response, queued "
+        "payloads and responses) is blanked; status, type, IDs and times are kept",
+    )
+    metadata_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="after this many days the message row and its queue entries are deleted",
+    )
+
+
+class RetentionSettings(RetentionPolicy):
+    """The hub's retention defaults (channels override them) and when pruning runs."""
+
+    prune_every_minutes: float = Field(default=60, gt=0, description="how often pruning runs")
+    batch_size: int = Field(
+        default=500, ge=1, le=10_000, description="messages per prune transaction"
+    )
+
+
 class DestinationFile(_Strict):
     """The engine's fields of a destination; the rest belong to its connector."""
 
@@ -132,6 +164,11 @@ class ChannelFile(_Strict):
         default=None, description="tag morphing of images (dicom-study channels)"
     )
     destinations: list[dict[str, Any]] = Field(min_length=1)
+    retention: RetentionPolicy | None = Field(
+        default=None,
+        description="overrides the hub's retention defaults; a key left out keeps the "
+        "hub's value, null keeps for ever",
+    )
 
 
 class ChannelDestination(BaseModel):
@@ -206,6 +243,10 @@ class HubSettings(_Strict):
     ai_timeout_check_seconds: float = Field(default=5, gt=0)
     reprioritize_seconds: float = Field(default=60, gt=0)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    retention: RetentionSettings = Field(
+        default_factory=RetentionSettings, description="default: keep everything"
+    )
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
 
     def resolved_transforms_dir(self) -> Path:
         """The transforms folder in effect."""
