@@ -15,6 +15,7 @@ Nothing here logs PHI: only AE titles, peer addresses, counts and statuses.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -24,9 +25,11 @@ from pydicom.uid import UID
 from pynetdicom import AE, _config, build_context, evt
 from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.transport import ThreadedAssociationServer
 
+from connectors.allowlist import AllowedNetworks, is_allowed
 from connectors.dicom_common import AETitle, failure_status, tune_connection
+from connectors.dicom_tls import TLSAssociationServer, start_association_server
+from connectors.tls_config import ServerTLSConfig, server_ssl_context
 from engine.errors import MessageError, StoreError
 from engine.worklist import WorklistStore
 
@@ -73,6 +76,10 @@ class DicomListenerConfig(BaseModel):
     acse_timeout: float = Field(default=30.0, gt=0, description="seconds")
     dimse_timeout: float = Field(default=30.0, gt=0, description="seconds")
     network_timeout: float = Field(default=60.0, gt=0, description="seconds")
+    tls: ServerTLSConfig | None = Field(
+        default=None, description="serve DICOM over TLS only (plain connections fail)"
+    )
+    allowed_networks: AllowedNetworks = None
 
 
 class DicomService(Protocol):
@@ -98,7 +105,9 @@ class DicomListener:
         self.config = config
         self._services: list[DicomService] = []
         self._ae: AE | None = None
-        self._server: ThreadedAssociationServer | None = None
+        self._server: TLSAssociationServer | None = None
+        self._refused_lock = threading.Lock()
+        self.refused_by_allowlist = 0  # associations rejected: peer outside allowed_networks
 
     def add_service(self, service: DicomService) -> None:
         """Host ``service``; call before :meth:`start`."""
@@ -113,15 +122,16 @@ class DicomListener:
         # pynetdicom logs whole identifiers (patient names) by default.
         _config.LOG_REQUEST_IDENTIFIERS = False
         _config.LOG_RESPONSE_IDENTIFIERS = False
+        tls = self.config.tls
+        context = server_ssl_context(tls, "DICOM") if tls is not None else None
         self._ae = self._build_ae()
-        self._server = self._ae.start_server(
-            (self.config.host, self.config.port),
-            block=False,
-            evt_handlers=self._handlers(),
+        self._server = start_association_server(
+            self._ae, (self.config.host, self.config.port), self._handlers(), context
         )
         log.info(
-            "DICOM listener %s on %s:%d (%d service(s))",
+            "DICOM listener %s on %s:%d (%d service(s), tls=%s)",
             self.config.ae_title, self.config.host, self.bound_port, len(self._services),
+            context is not None,
         )  # fmt: skip
 
     def _build_ae(self) -> AE:
@@ -144,6 +154,7 @@ class DicomListener:
     def _handlers(self) -> list[EventHandlerType]:
         handlers: list[EventHandlerType] = [
             (evt.EVT_CONN_OPEN, tune_connection),
+            (evt.EVT_REQUESTED, self._check_peer),
             (evt.EVT_ACCEPTED, _log_accepted),
             (evt.EVT_REJECTED, _log_rejected),
             (evt.EVT_C_ECHO, _on_echo),
@@ -151,6 +162,21 @@ class DicomListener:
         for service in self._services:
             handlers.extend(service.handlers())
         return handlers
+
+    def _check_peer(self, event: Event) -> None:
+        """Reject (A-ASSOCIATE-RJ, permanent) a peer outside ``allowed_networks``."""
+        if self.config.allowed_networks is None:
+            return
+        address = event.assoc.requestor.address
+        if is_allowed(self.config.allowed_networks, address):
+            return
+        with self._refused_lock:
+            self.refused_by_allowlist += 1
+        log.warning("DICOM association from %s rejected: not in allowed_networks", address)
+        # Rejected-permanent, by the service user, no reason given: the same path
+        # pynetdicom takes for an unknown calling AE title (send, then wait for the DUL).
+        event.assoc.acse.send_reject(0x01, 0x01, 0x01)
+        event.assoc.kill()
 
     def stop(self) -> None:
         """Stop accepting, abort associations still open, release the port."""

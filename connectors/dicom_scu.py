@@ -12,6 +12,7 @@ Nothing here logs PHI: AE titles, addresses, statuses only.
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,9 +39,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-
-
-
 @dataclass(frozen=True)
 class Peer:
     """Where and how to associate: the remote node and our side's settings."""
@@ -51,9 +49,11 @@ class Peer:
     calling_ae: str
     timeout: float
     max_pdu: int
+    # pynetdicom's tls_args (context, server hostname): see connectors.dicom_tls.tls_args.
+    tls: tuple[ssl.SSLContext, str] | None = None
 
     def __str__(self) -> str:
-        return f"{self.called_ae}@{self.host}:{self.port}"
+        return f"{self.called_ae}@{self.host}:{self.port}" + (" (TLS)" if self.tls else "")
 
 
 class StatusKind:
@@ -82,8 +82,6 @@ def classify_status(code: int) -> str:
     if (code & 0xFF00) == 0xA700:
         return StatusKind.RECOVERABLE
     return StatusKind.PERMANENT
-
-
 
 
 def _quiet_identifiers() -> None:
@@ -121,7 +119,7 @@ def open_association(peer: Peer, contexts: Sequence[PresentationContext]) -> Ite
     ]
     assoc = ae.associate(
         peer.host, peer.port, ae_title=peer.called_ae, max_pdu=peer.max_pdu,
-        evt_handlers=handlers,
+        evt_handlers=handlers, tls_args=peer.tls,
     )  # fmt: skip
     if not assoc.is_established:
         raise _not_established(assoc, peer, rejection)

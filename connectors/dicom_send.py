@@ -38,6 +38,8 @@ from pynetdicom.presentation import PresentationContext
 
 from connectors.base import Delivery
 from connectors.dicom_scu import AETitle, Peer, StatusKind, classify_status, lost, open_association
+from connectors.dicom_tls import tls_args
+from connectors.tls_config import ClientTLSConfig
 from engine.errors import EngineError, PermanentError, RecoverableError
 from engine.study_batch import InstanceRef, StudyBatch
 
@@ -72,6 +74,9 @@ class DicomSendConfig(BaseModel):
     timeout_seconds: float = Field(default=30, gt=0, description="connect, ACSE and DIMSE")
     max_pdu: int = Field(
         default=16382, ge=0, description="largest PDU we accept from the peer; 0 = no limit"
+    )
+    tls: ClientTLSConfig | None = Field(
+        default=None, description="associate over TLS (cafile verifies the peer)"
     )
 
 
@@ -141,6 +146,7 @@ class DicomSendDestination:
             calling_ae=config.calling_ae_title,
             timeout=config.timeout_seconds,
             max_pdu=config.max_pdu,
+            tls=tls_args(config.tls, config.host),
         )
 
     async def send(self, payload: str) -> Delivery:

@@ -14,6 +14,7 @@ would otherwise be taken for the next request). Answers, all JSON:
 * 202 ``{"status": "accepted"}`` when the handler returns None; when it returns bytes
   (a data type's refusal, ``{"status": "rejected"|"error", "reason": ...}``) they are the
   body, and the status follows: rejected 422, error 500 (other statuses 200);
+* 403 a peer outside ``allowed_networks`` (before anything is read),
 * 404 another path, 405 another method, 401 a missing or wrong bearer token,
   413 a body over ``max_body_bytes`` (refused before it is read), 400 a malformed
   request, 431 a header block over 16 KiB, 503 too many connections;
@@ -36,6 +37,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from connectors.allowlist import AllowedNetworks, is_allowed
 from connectors.base import InboundHandler, Origin
 from connectors.server_stop import CLOSE_TIMEOUT, stop_gracefully
 from engine.errors import ConfigError, ConnectorError
@@ -76,6 +78,7 @@ class HttpSourceConfig(BaseModel):
     )
     max_connections: int = Field(default=100, gt=0)
     stop_timeout_seconds: float = Field(default=10, ge=0)
+    allowed_networks: AllowedNetworks = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class HttpSource:
         self._handler: InboundHandler | None = None
         self._connections: set[_Connection] = set()
         self._stopping = False
+        self.refused_by_allowlist = 0  # connections answered 403: peer outside allowed_networks
         token = config.auth_token
         self._token = token.get_secret_value().encode() if token is not None else None
 
@@ -161,6 +165,13 @@ class HttpSource:
         )
         conn = _Connection(asyncio.current_task())
         try:
+            if not is_allowed(self.config.allowed_networks, _peer_ip(writer)):
+                self.refused_by_allowlist += 1
+                logger.warning(
+                    "HTTP connection from %s refused: not in allowed_networks", origin.peer
+                )
+                await _respond(writer, 403, {"status": "forbidden"}, keep_alive=False)
+                return
             if self._stopping or len(self._connections) >= self.config.max_connections:
                 logger.warning("HTTP connection from %s refused: busy", origin.peer)
                 await _respond(writer, 503, {"status": "busy"}, keep_alive=False)
@@ -336,6 +347,11 @@ def _ssl_context(tls: HttpTLSConfig) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"HTTP TLS certificate or key cannot be loaded: {exc}") from exc
     return context
+
+
+def _peer_ip(writer: asyncio.StreamWriter) -> str | None:
+    peername = writer.get_extra_info("peername")
+    return str(peername[0]) if isinstance(peername, tuple) and peername else None
 
 
 def _address(sockname: object) -> str:

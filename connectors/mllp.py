@@ -24,17 +24,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from connectors.allowlist import AllowedNetworks, is_allowed
 from connectors.base import InboundHandler, Origin
 from connectors.mllp_client import MLLPClient, client_ssl_context, send_messages
 from connectors.mllp_framing import Frame, MLLPFrameReader, encode_frame
 from connectors.server_stop import CLOSE_TIMEOUT, stop_gracefully
-from engine.errors import ConfigError, ConnectorError, DecodeError, ParseError
+from connectors.tls_config import ServerTLSConfig as TLSConfig
+from connectors.tls_config import server_ssl_context
+from engine.errors import ConnectorError, DecodeError, ParseError
 from engine.formats.hl7 import build_ack, decode, encode, parse_header
 
 __all__ = [
@@ -53,23 +55,6 @@ logger = logging.getLogger(__name__)
 _READ_CHUNK = 64 * 1024
 
 
-class TLSConfig(BaseModel):
-    """Server TLS: our certificate and key; a CA bundle to verify client certificates."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    certfile: str
-    keyfile: str
-    cafile: str | None = None
-    require_client_cert: bool = False
-
-    @model_validator(mode="after")
-    def _client_certs_need_a_ca(self) -> Self:
-        if self.require_client_cert and not self.cafile:
-            raise ValueError("require_client_cert needs cafile to verify client certificates")
-        return self
-
-
 class MLLPSourceConfig(BaseModel):
     """Configuration of an ``mllp`` source in a channel file."""
 
@@ -84,6 +69,7 @@ class MLLPSourceConfig(BaseModel):
     stop_timeout_seconds: float = Field(default=10, ge=0)
     tls: TLSConfig | None = None
     default_charset: str = "UNICODE UTF-8"
+    allowed_networks: AllowedNetworks = None
 
 
 class OversizeHandler(Protocol):
@@ -111,6 +97,11 @@ def _address(sockname: object) -> str:
     return str(sockname)
 
 
+def _peer_ip(writer: asyncio.StreamWriter) -> str | None:
+    peername = writer.get_extra_info("peername")
+    return str(peername[0]) if isinstance(peername, tuple) and peername else None
+
+
 def _describe(exc: BaseException) -> str:
     """Exception type and where it was raised, without its message (which may hold PHI)."""
     tb = exc.__traceback__
@@ -118,21 +109,6 @@ def _describe(exc: BaseException) -> str:
         tb = tb.tb_next
     where = f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
     return f"{type(exc).__name__}{where}"
-
-
-def _server_ssl_context(tls: TLSConfig) -> ssl.SSLContext:
-    try:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=tls.cafile)
-        context.load_cert_chain(tls.certfile, tls.keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"MLLP TLS certificate or key cannot be loaded: {exc}") from exc
-    if tls.require_client_cert:
-        context.verify_mode = ssl.CERT_REQUIRED
-    elif tls.cafile:
-        context.verify_mode = ssl.CERT_OPTIONAL  # verify a certificate when one is offered
-    else:
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 @dataclass(eq=False)
@@ -154,6 +130,7 @@ class MLLPSource:
         self._on_oversize: OversizeHandler | None = None
         self._connections: set[_Connection] = set()
         self._stopping = False
+        self.refused_by_allowlist = 0  # connections closed: peer outside allowed_networks
 
     @property
     def bound_port(self) -> int:
@@ -173,7 +150,7 @@ class MLLPSource:
         """Bind and begin serving; returns once listening."""
         if self._server is not None:
             raise ConnectorError("MLLP source already started")
-        context = _server_ssl_context(self.config.tls) if self.config.tls else None
+        context = server_ssl_context(self.config.tls, "MLLP") if self.config.tls else None
         self._handler, self._on_oversize, self._stopping = handler, on_oversize, False
         try:
             self._server = await asyncio.start_server(
@@ -209,6 +186,11 @@ class MLLPSource:
             local=_address(writer.get_extra_info("sockname")),
             tls=writer.get_extra_info("ssl_object") is not None,
         )
+        if not is_allowed(self.config.allowed_networks, _peer_ip(writer)):
+            self.refused_by_allowlist += 1
+            logger.warning("MLLP connection from %s refused: not in allowed_networks", origin.peer)
+            await _close(writer)
+            return
         if self._stopping or len(self._connections) >= self.config.max_connections:
             why = "stopping" if self._stopping else f"{self.config.max_connections} connections"
             logger.warning("MLLP connection from %s refused: %s", origin.peer, why)

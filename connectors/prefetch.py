@@ -58,6 +58,8 @@ from pynetdicom.association import Association
 
 from connectors.base import Delivery
 from connectors.dicom_scu import AETitle, Peer, StatusKind, classify_status, lost, open_association
+from connectors.dicom_tls import tls_args
+from connectors.tls_config import ClientTLSConfig
 from engine.errors import PermanentError, RecoverableError
 from engine.worklist_item import WorklistItem
 
@@ -107,6 +109,9 @@ class PrefetchConfig(BaseModel):
     timeout_seconds: float = Field(default=30, gt=0, description="connect, ACSE, C-FIND")
     move_timeout_seconds: float = Field(
         default=600, gt=0, description="longest wait for a C-MOVE (whole study) response"
+    )
+    tls: ClientTLSConfig | None = Field(
+        default=None, description="associate over TLS (cafile verifies the PACS)"
     )
 
     @field_validator("modalities")
@@ -258,6 +263,7 @@ class PrefetchDestination:
             calling_ae=config.calling_ae_title,
             timeout=config.timeout_seconds,
             max_pdu=16382,
+            tls=tls_args(config.tls, config.host),
         )
 
     async def send(self, payload: str) -> Delivery:
