@@ -24,6 +24,7 @@ from admin import (
     users_api,
     views_api,
 )
+from admin.allowlist import enforce_allowlist
 from admin.context import AdminContext, context
 from admin.metrics import CONTENT_TYPE, render_metrics
 from admin.settings import AdminSettings
@@ -66,6 +67,7 @@ def create_app(services: Services, hub: Hub | None, settings: AdminSettings) -> 
     ):
         app.include_router(module.router)
     app.middleware("http")(_security_headers)
+    app.middleware("http")(enforce_allowlist)  # added last: runs first
     app.add_api_route("/api/openapi.json", openapi_schema, methods=["GET"], include_in_schema=False)
     app.add_api_route("/healthz", healthz, methods=["GET"], tags=["ops"])
     app.add_api_route(

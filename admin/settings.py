@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from connectors.allowlist import AllowedNetworks
+
 __all__ = ["AdminSettings", "TLSConfig"]
 
 
@@ -35,6 +37,7 @@ class AdminSettings(BaseModel):
         default=False, description="require a session for /metrics (Prometheus scrapes without)"
     )
     tls: TLSConfig | None = None
+    allowed_networks: AllowedNetworks = None
     report_channel: str = Field(
         default="results-to-ehr",
         min_length=1,

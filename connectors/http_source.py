@@ -14,7 +14,7 @@ would otherwise be taken for the next request). Answers, all JSON:
 * 202 ``{"status": "accepted"}`` when the handler returns None; when it returns bytes
   (a data type's refusal, ``{"status": "rejected"|"error", "reason": ...}``) they are the
   body, and the status follows: rejected 422, error 500 (other statuses 200);
-* 403 a peer outside ``allowed_networks`` (before anything is read),
+* 403 a peer outside ``allowed_networks`` (after the request head; nothing else is read),
 * 404 another path, 405 another method, 401 a missing or wrong bearer token,
   413 a body over ``max_body_bytes`` (refused before it is read), 400 a malformed
   request, 431 a header block over 16 KiB, 503 too many connections;
@@ -102,6 +102,7 @@ class _Refusal(Exception):  # noqa: N818 - an answer, not a failure
 class _Connection:
     task: asyncio.Task[Any] | None
     busy: bool = False  # between a complete request and its answer: stop() waits
+    allowed: bool = True  # False: the peer is outside allowed_networks, every request gets 403
 
 
 class HttpSource:
@@ -170,8 +171,7 @@ class HttpSource:
                 logger.warning(
                     "HTTP connection from %s refused: not in allowed_networks", origin.peer
                 )
-                await _respond(writer, 403, {"status": "forbidden"}, keep_alive=False)
-                return
+                conn.allowed = False
             if self._stopping or len(self._connections) >= self.config.max_connections:
                 logger.warning("HTTP connection from %s refused: busy", origin.peer)
                 await _respond(writer, 503, {"status": "busy"}, keep_alive=False)
@@ -203,6 +203,10 @@ class HttpSource:
                 request = await _read_head(reader)
             if request is None:
                 return False
+            if not conn.allowed:
+                # Answered after the head is read: closing on unread bytes would reset the
+                # connection and the client would see no answer at all.
+                raise _Refusal(403)
             length = self._admit(request)
             if request.headers.get("expect", "").lower() == "100-continue":
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
