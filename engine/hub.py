@@ -21,6 +21,7 @@ from engine.deid import Deidentifier
 from engine.mpps import MPPSStore
 from engine.pipeline import ChannelRuntime
 from engine.reading_worklist import ReadingWorklist, Reprioritizer
+from engine.scheduler import HubScheduler
 from engine.services import Services
 from engine.store.db import open_engine
 from engine.store.group_commit import GroupCommitter
@@ -49,6 +50,7 @@ class Hub:
         self._pool: ThreadPoolExecutor | None = None
         self.services: Services | None = None
         self._periodic: list[AITimeoutMonitor | Reprioritizer] = []
+        self.scheduler: HubScheduler | None = None
         self.admin: AdminServer | None = None
 
     @property
@@ -105,6 +107,11 @@ class Hub:
         await self.control.deploy_all(self._initial)
         await asyncio.to_thread(self.mwl.start)
         self._start_periodic(self.services)
+        # Retention and alert checks (APScheduler); the channels are read at each run.
+        self.scheduler = HubScheduler(
+            self._engine, self._committer, settings, lambda: [c.file for c in self.channels]
+        )
+        await self.scheduler.start()
         self.admin = AdminServer(self.services, self, settings.admin)
         await self.admin.start()
         assert self.mwl is not None
@@ -172,6 +179,8 @@ class Hub:
             await self.control.stop_all()
         for job in self._periodic:
             await job.stop()
+        if self.scheduler is not None:
+            await self.scheduler.stop()
         if self.mwl is not None:
             await asyncio.to_thread(self.mwl.stop)
         if self._pool is not None:
