@@ -11,6 +11,7 @@ from pathlib import Path
 
 from engine.config import Channel, HubSettings, load_settings_file, validate_settings
 from engine.errors import ConfigError, EngineError
+from engine.log_masking import install as install_phi_masking
 
 __all__ = ["main"]
 
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The net under "no PHI in our log calls": libraries dump datasets and messages.
+    install_phi_masking()
     try:
         result: int = args.func(args)
     except ConfigError as exc:
