@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import hl7
-
 from engine.datatypes.base import Outcome
-from engine.errors import MessageError, ParseError
+from engine.errors import MessageError
 from engine.formats.hl7 import (
     HL7Header,
     ParsedHL7,
@@ -23,6 +21,7 @@ from engine.formats.hl7 import (
     encode,
     parse,
     parse_header,
+    unescape,
 )
 
 __all__ = ["InboundHL7", "best_effort_header", "read_hl7", "reply_for"]
@@ -47,8 +46,8 @@ def read_hl7(raw: bytes, default_charset: str) -> InboundHL7:
     parsed = parse(decode(raw, default_charset))
     return InboundHL7(
         parsed=parsed,
-        patient_id=_first_component(parsed.message, "PID", 3),
-        accession=_first_component(parsed.message, "OBR", 18),
+        patient_id=_first_component(parsed, "PID", 3),
+        accession=_first_component(parsed, "OBR", 18),
     )
 
 
@@ -82,11 +81,20 @@ def reply_for(
     return text, encode(text, header, default_charset)
 
 
-def _first_component(message: hl7.Message, segment_id: str, field: int) -> str | None:
-    """First component of the first repetition of a field, '' and absent → None."""
+def _first_component(parsed: ParsedHL7, segment_id: str, field: int) -> str | None:
+    """First component of the first repetition of a field, unescaped; '' and absent → None.
+
+    Not python-hl7's ``extract_field``: its unescape logs the whole field (PHI) as a
+    warning when an escape sequence is malformed.
+    """
     try:
         # python-hl7 raises KeyError for a missing segment, so no scan beforehand.
-        value = str(message.extract_field(segment_id, 1, field, 1, 1))
-    except (IndexError, KeyError, ParseError):
+        segment = parsed.message.segment(segment_id)
+    except KeyError:
         return None
-    return value[:64] or None
+    if field >= len(segment):
+        return None
+    header = parsed.header
+    value = str(segment[field]).split(header.repetition_sep, 1)[0]
+    value = value.split(header.component_sep, 1)[0].split(header.subcomponent_sep, 1)[0]
+    return unescape(value, header.encoding_chars, header.field_sep)[:64] or None

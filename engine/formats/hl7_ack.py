@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
+from engine.formats.hl7_charset import is_supported_msh18
 from engine.formats.hl7_escape import DEFAULT_ENCODING_CHARS, escape
 from engine.formats.hl7_message import HL7Header
 
@@ -134,7 +135,9 @@ def _msh(header: HL7Header, app: str, facility: str) -> list[str]:
         header.processing_id or _DEFAULT_PROCESSING_ID,
         header.version or _DEFAULT_VERSION,
     ]
-    if header.charset:
+    # An unsupported MSH-18 is not echoed: encode() then falls back to the default
+    # charset, and the ACK must not claim a charset its bytes are not in.
+    if header.charset and is_supported_msh18(header.charset, header.repetition_sep):
         fields += ["", "", "", "", "", header.charset]  # MSH-13..MSH-18
     return fields
 

@@ -16,7 +16,7 @@ from engine.errors import DecodeError
 if TYPE_CHECKING:
     from engine.formats.hl7_message import HL7Header
 
-__all__ = ["DEFAULT_CHARSET", "codec_for", "decode", "encode"]
+__all__ = ["DEFAULT_CHARSET", "codec_for", "decode", "encode", "is_supported_msh18"]
 
 DEFAULT_CHARSET = "UNICODE UTF-8"
 
@@ -80,6 +80,17 @@ def _codec_for_msh18(value: str, repetition_sep: str, default_charset: str) -> s
         raise DecodeError(f"unsupported character set in MSH-18: {value.strip()[:40]}") from None
 
 
+def is_supported_msh18(value: str, repetition_sep: str) -> bool:
+    """True when an MSH-18 value names a charset Meridian can encode (so an ACK may echo it)."""
+    if not value.isascii():  # MSH-18 is read from raw bytes as ASCII: anything else is garbage
+        return False
+    try:
+        _codec_for_msh18(value, repetition_sep, DEFAULT_CHARSET)
+    except DecodeError:
+        return False
+    return True
+
+
 def _msh_fields(body: bytes) -> list[bytes] | None:
     """The fields of the MSH segment as raw bytes, or None when there is no MSH."""
     start = 0
@@ -89,6 +100,8 @@ def _msh_fields(body: bytes) -> list[bytes] | None:
         return None
     segment_end = _SEGMENT_END.search(body, start)  # stops at MSH's end: no full scan
     msh = body[start : segment_end.start() if segment_end else len(body)]
+    if len(msh) < 4:  # "MSH" then a segment end: no field separator to split on
+        return None
     return [b"MSH", *msh[4:].split(msh[3:4])]
 
 
