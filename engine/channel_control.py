@@ -31,7 +31,7 @@ from engine.config import Channel
 from engine.datatypes import datatype_for
 from engine.errors import EngineError
 from engine.pipeline import ChannelRuntime
-from engine.queue import DestinationWorker
+from engine.queue_lanes import new_worker
 from engine.services import Services
 
 __all__ = ["ChannelControl", "ChannelState", "ChannelStateError", "UnknownChannel"]
@@ -235,19 +235,24 @@ class ChannelControl:
         channel, services = deployment.channel, self._services
         enabled = [d for d in channel.destinations if d.spec.enabled]
         # Every connector is built before any worker starts: a factory that fails
-        # (a config only checkable here) leaves no worker running behind it.
+        # (a config only checkable here) leaves no worker running behind it. One
+        # connector per delivery lane: each lane has its own connection.
         connectors = [
-            registry.factory("destination", d.spec.type)(
-                d.connector, services, d.spec, channel=channel.name
-            )
+            [
+                registry.factory("destination", d.spec.type)(
+                    d.connector, services, d.spec, channel=channel.name
+                )
+                for _ in range(d.spec.queue.workers)
+            ]
             for d in enabled
         ]
         workers = []
-        for destination, connector in zip(enabled, connectors, strict=True):
-            worker = DestinationWorker(
-                channel.name,
-                destination.spec.name,
-                connector=connector,
+        for destination, lane_connectors in zip(enabled, connectors, strict=True):
+            worker = new_worker(
+                destination.spec.queue,
+                channel=channel.name,
+                destination=destination.spec.name,
+                connectors=lane_connectors,
                 retry=destination.spec.retry,
                 ai=destination.spec.ai,
                 engine=services.engine,

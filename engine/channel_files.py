@@ -225,7 +225,7 @@ def _name_errors(
 def _template_errors(
     channel: Channel, located: LocatedYAML, templates: TemplateEnvironment
 ) -> list[ChannelFileError]:
-    """What ``meridian serve`` checks besides the file: templates, filters, normalize rules."""
+    """What ``meridian serve`` checks besides the file: templates, filters, keys, normalize."""
     errors: list[ChannelFileError] = []
 
     def check(where: tuple[str | int, ...], run: Any, *args: Any) -> None:
@@ -248,6 +248,9 @@ def _template_errors(
             check((*where, "transform", "template"), templates.check, spec.transform.template)
         for index, rule in enumerate(spec.filters):
             check((*where, "filters", index, "when"), templates.compile_expression, rule.when)
+        if spec.queue.order_key is not None:
+            key = spec.queue.order_key
+            check((*where, "queue", "order_key"), templates.compile_template, key)
     if channel.file.normalize is not None:
         check(("normalize",), _check_normalize, channel, templates)
     return errors

@@ -11,10 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from jinja2 import Template
+
 from engine.config import AIModelConfig, Channel, ChannelDestination, FilterRule
 from engine.datatypes.base import DataType, ReadMessage
-from engine.errors import FilterError
-from engine.store.messages import QueueItem
+from engine.errors import FilterError, TransformError
+from engine.store.messages import QueueItem, order_key_value
 from engine.templating import TemplateEnvironment
 from engine.transform import Transformer
 
@@ -44,6 +46,23 @@ class DestinationStep:
     filters: list[CompiledFilter]
     transformer: Transformer | None
     ai: AIModelConfig | None = None
+    order_key: Template | None = None
+
+    def key(self, context: dict[str, Any], default: str | None) -> str | None:
+        """The order key of this destination's entries (``queue.order_key``, else ``default``).
+
+        A template that fails is a TransformError naming the destination (the message
+        is stored as ERROR, like a failing transform).
+        """
+        if self.order_key is None:
+            return order_key_value(default)
+        try:
+            return order_key_value(self.order_key.render(context))
+        except TransformError as exc:
+            raise TransformError(f"order key of destination '{self.name}': {exc}") from exc
+        except Exception as exc:  # any runtime error of template code
+            reason = f"{type(exc).__name__}: {exc}"
+            raise TransformError(f"order key of destination '{self.name}': {reason}") from exc
 
     def accepts(self, context: dict[str, Any]) -> bool:
         """Whether every routing rule passes (the first that fails ends the check)."""
@@ -90,7 +109,9 @@ class ChannelSteps:
         spec = destination.spec
         transformer = Transformer(spec.transform, self._templates) if spec.transform else None
         filters = [self.compile(rule) for rule in spec.filters]
-        return DestinationStep(spec.name, filters, transformer, spec.ai)
+        key = spec.queue.order_key
+        order_key = self._templates.compile_template(key) if key is not None else None
+        return DestinationStep(spec.name, filters, transformer, spec.ai, order_key)
 
     def accepts(self, context: dict[str, Any]) -> bool:
         """Whether every channel filter passes (the first that fails ends the check)."""
@@ -106,10 +127,18 @@ class ChannelSteps:
             return payloads, "\n".join(payloads)
         return [message.payload], None
 
-    def route(self, context: dict[str, Any], payloads: list[str]) -> list[QueueItem]:
-        """The queue entries: each destination whose rules pass gets its outputs."""
+    def route(
+        self, context: dict[str, Any], payloads: list[str], default_key: str | None = None
+    ) -> list[QueueItem]:
+        """The queue entries: each destination whose rules pass gets its outputs.
+
+        Each entry carries its order key (``default_key``, the patient ID, unless the
+        destination's ``queue.order_key`` says otherwise).
+        """
         items: list[QueueItem] = []
         for step in self.destinations:
             if step.accepts(context):
-                items.extend(QueueItem(step.name, out) for out in step.outputs(context, payloads))
+                key = step.key(context, default_key)
+                outputs = step.outputs(context, payloads)
+                items.extend(QueueItem(step.name, out, key) for out in outputs)
         return items

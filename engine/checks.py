@@ -56,6 +56,15 @@ def _check_templates(channel: Channel, templates: TemplateEnvironment) -> None:
             templates.compile_expression(rule.when)
         except ConfigError as exc:
             raise ConfigError(f"{channel.path}: filter '{rule.name}': {exc}") from exc
+    for destination in channel.destinations:
+        key = destination.spec.queue.order_key
+        if key is None:
+            continue
+        try:
+            templates.compile_template(key)
+        except ConfigError as exc:
+            where = f"{channel.path}: destination '{destination.spec.name}': queue.order_key"
+            raise ConfigError(f"{where}: {exc}") from exc
     if channel.file.normalize is not None:
         from engine.normalize import Normalizer
 

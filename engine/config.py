@@ -30,6 +30,7 @@ __all__ = [
     "FilterRule",
     "HubSettings",
     "InboundConfig",
+    "QueueConfig",
     "RetentionPolicy",
     "RetentionSettings",
     "RetryPolicy",
@@ -51,6 +52,30 @@ class RetryPolicy(_Strict):
     jitter: float = Field(default=0.2, ge=0, le=1, description="fraction of the delay")
     max_attempts: int | None = Field(
         default=None, ge=1, description="None retries for ever; otherwise ERROR after N attempts"
+    )
+
+
+class QueueConfig(_Strict):
+    """How a destination's queue is delivered: in order per key, keys in parallel."""
+
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=32,
+        description="delivery lanes working at once. 1 (default): the whole queue is delivered "
+        "in arrival order, and an entry being retried holds every entry behind it. More: "
+        "entries with the same order key are still delivered in arrival order (a retried "
+        "entry holds only its own key), entries of different keys are delivered in parallel, "
+        "each lane over its own connection to the destination",
+    )
+    order_key: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Jinja template giving an entry's order key, rendered with the message "
+        "(the context filters see) when the entry is queued, e.g. "
+        '\'{{ msg.seg("PID")["3.1"] }}\'. An empty result, like a message without a '
+        "patient ID when unset, puts the entry in one shared key. Default: the message's "
+        "patient ID. Keys longer than 200 characters are cut to 200 (same text, same key)",
     )
 
 
@@ -141,6 +166,10 @@ class DestinationFile(_Strict):
     filters: list[FilterRule] = Field(default_factory=list)
     transform: TransformConfig | None = None
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    queue: QueueConfig = Field(
+        default_factory=QueueConfig,
+        description="parallel delivery lanes and the per-key order they keep",
+    )
     external: bool = Field(
         default=False,
         description="outside the hospital: images are de-identified (PS3.15) before sending",

@@ -124,7 +124,7 @@ class ChannelRuntime:
             payloads, transformed = self._steps.transform(self._datatype, message)
             record.status = check_transition(record.status, MessageStatus.TRANSFORMED)
             record.transformed = transformed
-            record.queue = self._steps.route(message.context, payloads)
+            record.queue = self._steps.route(message.context, payloads, record.patient_id)
             final = MessageStatus.QUEUED if record.queue else MessageStatus.FILTERED
             record.status = check_transition(record.status, final)
             return "accepted", None, None

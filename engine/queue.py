@@ -1,6 +1,7 @@
 """Durable destination queues: one worker per channel destination.
 
-The worker delivers its queue's entries in arrival order. A destination that
+The worker delivers its queue's entries in arrival order (with ``queue.workers``
+above 1, :mod:`engine.queue_lanes` delivers in order per key, keys in parallel). A destination that
 is down (RecoverableError) keeps the head entry QUEUED and retries it with
 exponential backoff and jitter, holding the entries behind it so order is
 kept; a refusal (PermanentError, TransformError) marks that entry ERROR for an
@@ -34,7 +35,7 @@ from engine.store.messages import (
     pending_entries,
 )
 
-__all__ = ["DestinationWorker", "backoff_delay"]
+__all__ = ["DestinationWorker", "apply_op", "backoff_delay", "sent_op"]
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class DestinationWorker:
         # All ops go to the writer together, so they share commits; the writer
         # keeps their order and retries them one by one if any fails.
         futures = [
-            (entry, self._committer.submit(_apply_op(connector, entry, item)))
+            (entry, self._committer.submit(apply_op(connector, entry, item)))
             for entry, item in ready
         ]
         for entry, future in futures:
@@ -171,7 +172,7 @@ class DestinationWorker:
                 await self._fail(entry, exc)
                 continue
             event = await self._ai_requested(entry)
-            await self._committer.run_async(_sent_op(entry, delivery, event))
+            await self._committer.run_async(sent_op(entry, delivery, event))
 
     async def _ai_requested(self, entry: QueueEntry) -> AuditEvent | None:
         """The audit of an AI model being asked about a study (None: not an AI)."""
@@ -238,9 +239,11 @@ def _prepare_all(connector: TransactionalDestination, entries: list[QueueEntry])
     return outcomes
 
 
-def _apply_op(
+def apply_op(
     connector: TransactionalDestination, entry: QueueEntry, prepared: Any
 ) -> Callable[[Connection], None]:
+    """A writer op applying ``prepared`` and marking ``entry`` sent, in one transaction."""
+
     def op(conn: Connection) -> None:
         delivery = connector.apply(conn, prepared)
         mark_sent(conn, entry, delivery.response)
@@ -248,9 +251,11 @@ def _apply_op(
     return op
 
 
-def _sent_op(
+def sent_op(
     entry: QueueEntry, delivery: Delivery, event: AuditEvent | None
 ) -> Callable[[Connection], None]:
+    """A writer op marking ``entry`` sent (with the audit of an AI request, if any)."""
+
     def op(conn: Connection) -> None:
         mark_sent(conn, entry, delivery.response)
         if event is not None:

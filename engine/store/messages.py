@@ -13,25 +13,32 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, case, func, insert, select, update
 
 from engine.errors import IllegalTransition
 from engine.states import MessageStatus
 from engine.store.tables import duplicate_keys, messages, queue_entries
 
 __all__ = [
+    "ORDER_KEY_LENGTH",
     "InboundRecord",
     "InsertResult",
     "QueueEntry",
+    "QueueHeads",
     "QueueItem",
     "content_hash",
     "insert_inbound",
+    "key_head",
     "mark_error",
     "mark_retry",
     "mark_sent",
     "now",
+    "order_key_value",
     "pending_entries",
+    "queue_heads",
 ]
+
+ORDER_KEY_LENGTH = 200  # the width of queue_entries.order_key
 
 
 def content_hash(raw: bytes) -> str:
@@ -44,9 +51,26 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def order_key_value(text: str | None) -> str | None:
+    """The stored form of an order key: stripped, cut to the column's width; "" is None.
+
+    None is a key too (the shared one): entries without a key keep their order among
+    themselves. Cutting keeps equal keys equal, so order is never lost, at worst two long
+    keys share a lane.
+    """
+    if text is None:
+        return None
+    key = text.strip()[:ORDER_KEY_LENGTH]
+    return key or None
+
+
 @dataclass(frozen=True, slots=True)
 class QueueItem:
-    """One payload for one destination, created with its message."""
+    """One payload for one destination, created with its message.
+
+    ``order_key``: entries of one destination with the same key are delivered in
+    arrival order (see :mod:`engine.queue`); None is the shared key.
+    """
 
     destination: str
     payload: str
@@ -91,6 +115,15 @@ class QueueEntry:
     payload: str
     attempts: int
     next_attempt_at: datetime
+    order_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueHeads:
+    """The head entries of a destination's keys: those due now, and when the next one is."""
+
+    due: list[QueueEntry]
+    next_attempt_at: datetime | None
 
 
 def insert_inbound(record: InboundRecord, *, duplicate_control: bool) -> Any:
@@ -186,32 +219,92 @@ def _queue_row(channel: str, message_id: int, item: QueueItem, stamp: datetime) 
 def pending_entries(engine: Engine, channel: str, destination: str, limit: int) -> list[QueueEntry]:
     """The oldest queued entries of one destination, in arrival order (head first)."""
     query = (
-        select(
-            queue_entries.c.id,
-            queue_entries.c.message_id,
-            queue_entries.c.payload,
-            queue_entries.c.attempts,
-            queue_entries.c.next_attempt_at,
-        )
-        .where(
-            queue_entries.c.channel == channel,
-            queue_entries.c.destination == destination,
-            queue_entries.c.status == MessageStatus.QUEUED.value,
-        )
+        select(*_ENTRY_COLUMNS)
+        .where(*_queued(channel, destination))
         .order_by(queue_entries.c.id)
         .limit(limit)
     )
     with engine.connect() as conn:
-        return [
-            QueueEntry(
-                id=row.id,
-                message_id=row.message_id,
-                payload=row.payload,
-                attempts=row.attempts,
-                next_attempt_at=_aware(row.next_attempt_at),
-            )
-            for row in conn.execute(query)
-        ]
+        return [_entry(row) for row in conn.execute(query)]
+
+
+def queue_heads(engine: Engine, channel: str, destination: str, limit: int) -> QueueHeads:
+    """The oldest due head entries of one destination's keys (oldest first, at most ``limit``).
+
+    A key's head is its oldest QUEUED entry; only a head may be delivered, so each key
+    keeps its order. One statement each, so the claim can later move into SQL (``FOR
+    UPDATE SKIP LOCKED`` on the heads of keys no node holds) for several hub nodes.
+    """
+    q = queue_entries.c
+    heads = (
+        select(func.min(q.id).label("id"))
+        .where(*_queued(channel, destination))
+        .group_by(q.order_key)
+        .subquery("heads")
+    )
+    current = now()
+    due_query = (
+        select(*_ENTRY_COLUMNS)
+        .join_from(queue_entries, heads, heads.c.id == q.id)
+        .where(q.next_attempt_at <= current)
+        .order_by(q.id)
+        .limit(limit)
+    )
+    later_query = (
+        select(func.min(q.next_attempt_at))
+        .join_from(queue_entries, heads, heads.c.id == q.id)
+        .where(q.next_attempt_at > current)
+    )
+    with engine.connect() as conn:
+        due = [_entry(row) for row in conn.execute(due_query)]
+        later = conn.execute(later_query).scalar_one_or_none()
+    return QueueHeads(due, _aware(later) if later is not None else None)
+
+
+def key_head(
+    engine: Engine, channel: str, destination: str, order_key: str | None
+) -> QueueEntry | None:
+    """The oldest QUEUED entry of one key of a destination (None: the key has none)."""
+    q = queue_entries.c
+    same_key = q.order_key.is_(None) if order_key is None else q.order_key == order_key
+    query = (
+        select(*_ENTRY_COLUMNS)
+        .where(*_queued(channel, destination), same_key)
+        .order_by(q.id)
+        .limit(1)
+    )
+    with engine.connect() as conn:
+        row = conn.execute(query).first()
+    return _entry(row) if row is not None else None
+
+
+_ENTRY_COLUMNS = (
+    queue_entries.c.id,
+    queue_entries.c.message_id,
+    queue_entries.c.payload,
+    queue_entries.c.attempts,
+    queue_entries.c.next_attempt_at,
+    queue_entries.c.order_key,
+)
+
+
+def _queued(channel: str, destination: str) -> tuple[ColumnElement[bool], ...]:
+    return (
+        queue_entries.c.channel == channel,
+        queue_entries.c.destination == destination,
+        queue_entries.c.status == MessageStatus.QUEUED.value,
+    )
+
+
+def _entry(row: Any) -> QueueEntry:
+    return QueueEntry(
+        id=row.id,
+        message_id=row.message_id,
+        payload=row.payload,
+        attempts=row.attempts,
+        next_attempt_at=_aware(row.next_attempt_at),
+        order_key=row.order_key,
+    )
 
 
 def _aware(value: datetime) -> datetime:

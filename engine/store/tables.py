@@ -54,6 +54,8 @@ queue_entries = Table(
     Column("destination", String(64), nullable=False),
     Column("status", String(16), nullable=False),
     Column("payload", Text, nullable=False),
+    # Entries of one destination with the same key are delivered in arrival order
+    # (engine.queue); NULL is one shared key. Set when the entry is queued.
     Column("order_key", String(200)),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False),
@@ -62,6 +64,8 @@ queue_entries = Table(
     Column("response", Text),
     Column("error", Text),
     Index("ix_queue_pending", "channel", "destination", "status", "id"),
+    # The head of each key (oldest QUEUED entry), for parallel delivery lanes.
+    Index("ix_queue_key_head", "channel", "destination", "status", "order_key", "id"),
     Index("ix_queue_message", "message_id"),
 )
 
