@@ -11,11 +11,14 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydicom import dcmread
 from pynetdicom import AE
 
@@ -28,6 +31,9 @@ from engine.errors import ConfigError, RecoverableError
 from engine.worklist import WorklistStore
 from tests.support.batches import batch_json
 from tests.support.dicom_files import write_study
+from tests.support.hub_process import REPO, free_port, prepare_channels, wait_for_port
+from tests.support.mllp_client import msa, send
+from tests.support.orders import orm
 from tests.support.storescp import StoreSCP
 from tests.support.tls import self_signed_certificate
 from tests.test_mwl_scp import ORDERS, _engine, _populate
@@ -241,3 +247,53 @@ def test_missing_certificate_files_are_a_config_error(tmp_path: Path) -> None:
                 tls=ClientTLSConfig(cafile=str(tmp_path / "missing.pem")),
             )
         )
+
+
+# -- a real hub configured from its settings file -------------------------------------------
+
+
+def test_hub_serves_the_worklist_over_tls_from_its_settings_file(
+    tmp_path: Path, certs: Certs
+) -> None:
+    """``dicom: tls:`` in the hub settings: findscu over TLS gets the order, plain TCP fails."""
+    mllp_port, dicom_port, admin_port = free_port(), free_port(), free_port()
+    channels = prepare_channels(tmp_path / "channels", mllp_port)
+    tls = {
+        "certfile": str(certs.server_cert),
+        "keyfile": str(certs.server_key),
+        "cafile": str(certs.client_cert),
+        "require_client_cert": True,
+    }
+    settings = tmp_path / "meridian.yaml"
+    settings.write_text(yaml.safe_dump({"dicom": {"tls": tls, "acse_timeout": 5}}))
+    meridian = shutil.which("meridian", path=str(Path(sys.executable).parent)) or "meridian"
+    command = [
+        meridian, "serve", "--config", str(settings), "--channels", str(channels),
+        "--transforms", str(REPO / "transforms"), "--data", str(tmp_path / "var"),
+        "--dicom-port", str(dicom_port), "--admin-port", str(admin_port),
+    ]  # fmt: skip
+    with (tmp_path / "hub.log").open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(mllp_port, proc=proc)
+        wait_for_port(dicom_port, proc=proc)
+        ack = send(mllp_port, orm(patient_id="TLS1", name="TLS^PATIENT").encode())
+        assert msa(ack)[1] == "AA"
+        found: set[str] = set()
+        for attempt in range(50):  # the order reaches the worklist asynchronously
+            out = tmp_path / f"tls{attempt}"
+            result = findscu(dicom_port, out, *_client_tls(certs))
+            assert result.returncode == 0, result.stderr.decode(errors="replace")
+            found = _patient_ids(out)
+            if found:
+                break
+            time.sleep(0.2)
+        assert found == {"TLS1"}
+        plain = findscu(dicom_port, tmp_path / "plain")
+        assert plain.returncode != 0
+        assert not list((tmp_path / "plain").glob("*.dcm"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    log = (tmp_path / "hub.log").read_text(errors="replace")
+    assert "tls=True" in log and "DICOM TLS handshake with 127.0.0.1 failed" in log
