@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import Engine, insert, select
 
+from engine.ai_timeouts import list_alerts
 from engine.config import ChannelFile, HubSettings, RetentionPolicy, RetentionSettings
 from engine.hub import Hub
 from engine.loader import load_channels
@@ -265,7 +266,7 @@ retention:
 """
 
 
-def test_the_hub_scheduler_runs_the_prune_job(tmp_path: Path) -> None:
+def test_the_hub_scheduler_runs_the_prune_and_alert_jobs(tmp_path: Path) -> None:
     channels = tmp_path / "channels"
     channels.mkdir()
     (channels / "pruned.yaml").write_text(MEMORY_CHANNEL)
@@ -274,12 +275,15 @@ def test_the_hub_scheduler_runs_the_prune_job(tmp_path: Path) -> None:
     now = datetime.now(UTC)
     old = add_message(engine, "pruned", "SENT", 30, now=now)
     young = add_message(engine, "pruned", "SENT", 1, now=now)
+    # Waiting for two hours on a channel no longer deployed: a queue-age alert.
+    add_message(engine, "retired", "QUEUED", 1 / 12, entries=("QUEUED",), now=now)
     engine.dispose()
     settings = HubSettings.model_validate(
         {
             "channels_dir": channels, "transforms_dir": REPO / "transforms",
             "data_dir": tmp_path / "var", "db_url": url, "dicom": {"port": 0},
             "admin": {"port": 0}, "retention": {"prune_every_minutes": 0.005},
+            "alerts": {"check_every_minutes": 0.005},
         }
     )  # fmt: skip
 
@@ -289,7 +293,7 @@ def test_the_hub_scheduler_runs_the_prune_job(tmp_path: Path) -> None:
         try:
             assert hub.scheduler is not None
             deadline = asyncio.get_running_loop().time() + 10
-            while hub.scheduler.runs["retention"] < 2:
+            while min(hub.scheduler.runs.values()) < 2:
                 assert asyncio.get_running_loop().time() < deadline, "the job never ran"
                 await asyncio.sleep(0.05)
         finally:
@@ -300,5 +304,8 @@ def test_the_hub_scheduler_runs_the_prune_job(tmp_path: Path) -> None:
     try:
         assert is_blanked(engine, old)
         assert is_intact(engine, young)
+        [alert] = list_alerts(engine)
+        assert alert.kind == "queue_age"
+        assert alert.message.startswith("retired/dest0: oldest queued entry waits 120 min")
     finally:
         engine.dispose()
