@@ -45,6 +45,9 @@ _ERROR = MessageStatus.ERROR.value
 _QUEUED = MessageStatus.QUEUED.value
 #: Most alerts one notification carries; the rest go at the next check.
 MAX_BATCH = 200
+#: The errors window starts this much before the previous check: a message stamped
+#: just before that check but committed just after it is still seen (once).
+ERROR_GRACE = timedelta(seconds=10)
 
 
 @dataclass(frozen=True)
@@ -83,16 +86,25 @@ def _utc(value: datetime) -> datetime:
 def _error_counts(
     conn: Connection, since: datetime, now: datetime, channel: str | None = None
 ) -> dict[str, tuple[int, int]]:
-    """(messages in ERROR, deliveries in ERROR) per channel, updated in (since, now]."""
-    counts: dict[str, list[int]] = {}
-    for position, table in enumerate((messages, queue_entries)):
-        where = [table.c.status == _ERROR, table.c.updated_at > since, table.c.updated_at <= now]
-        if channel is not None:
-            where.append(table.c.channel == channel)
-        query = select(table.c.channel, func.count()).where(*where).group_by(table.c.channel)
-        for name, count in conn.execute(query):
-            counts.setdefault(name, [0, 0])[position] = int(count)
-    return {name: (pair[0], pair[1]) for name, pair in counts.items()}
+    """(messages, their failed deliveries) per channel, of messages gone to ERROR in (since, now].
+
+    A message is ERROR when its processing or one of its deliveries failed (once
+    none is still queued); both are found from the messages' status index.
+    """
+    m, q = messages.c, queue_entries.c
+    where = [m.status == _ERROR, m.updated_at > since, m.updated_at <= now]
+    if channel is not None:
+        where.append(m.channel == channel)
+    failed = func.count(q.id)
+    query = (
+        select(m.channel, func.count(func.distinct(m.id)), failed)
+        .select_from(
+            messages.outerjoin(queue_entries, and_(q.message_id == m.id, q.status == _ERROR))
+        )
+        .where(*where)
+        .group_by(m.channel)
+    )
+    return {name: (int(count), int(deliveries)) for name, count, deliveries in conn.execute(query)}
 
 
 def _error_condition(channel: str, counts: tuple[int, int], since: datetime) -> Condition:
@@ -212,9 +224,10 @@ class AlertJob:
             }
             found: list[Condition] = []
             if settings.errors:
-                since = _errors_checked(conn) or now - timedelta(
-                    minutes=settings.check_every_minutes
-                )
+                checked = _errors_checked(conn)
+                since = (
+                    checked or now - timedelta(minutes=settings.check_every_minutes)
+                ) - ERROR_GRACE
                 due = lambda key: _due(state, key, now, settings)  # noqa: E731
                 found += error_conditions(conn, since, now, due)
             if settings.queue_age_minutes is not None:

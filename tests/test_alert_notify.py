@@ -171,7 +171,7 @@ def test_conditions_raise_one_alert_each_reach_every_notifier_and_clear(
 
     # New errors later: the channel's condition is raised afresh.
     clock.advance(1)
-    add_message(engine, "orders", "ERROR", clock.now - timedelta(seconds=5))
+    add_message(engine, "orders", "ERROR", clock.now - timedelta(seconds=15))
     assert run(job).raised == ["errors:orders"]
 
     # An hour later: ris still too old an hour after its alert, sent again (re-armed) with
