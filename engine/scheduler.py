@@ -54,6 +54,8 @@ class HubScheduler:
     async def start(self) -> None:
         """Create missing tables and start the jobs (first runs one interval from now)."""
         await asyncio.to_thread(create_tables, self._engine)
+        # APScheduler logs two INFO lines per run; the jobs log what they did themselves.
+        logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
         scheduler = AsyncIOScheduler(timezone=UTC)
         jobs: dict[str, Callable[[], Awaitable[object]]] = {
             "retention": self.retention.run_once,
