@@ -25,11 +25,13 @@ import signal
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.hub_process import HubProcess, start_hub
 from tests.support.mllp_load import LoadResult, ParallelSender
+from tests.support.modality import mwl_query
 from tests.support.orders import orm
 
 pytestmark = pytest.mark.timeout(420)
@@ -62,7 +64,7 @@ def load() -> dict[int, bytes]:
     }
 
 
-def rows(db: Path, sql: str, *params: object) -> list[tuple[object, ...]]:
+def rows(db: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
     """Read the hub's SQLite store directly (WAL: readers never block the hub)."""
     conn = sqlite3.connect(db, timeout=30)
     try:
@@ -148,6 +150,7 @@ def test_kill_9_mid_load_loses_nothing_and_duplicates_nothing(tmp_path: Path) ->
         wait_until_drained(restarted.db_path)
         total = time.monotonic() - started
         assert_processed_exactly_once(restarted.db_path, queued_at_kill)
+        modality_finds(restarted, [min(acked), min(ack_lost | set(unacked)), MESSAGES - 1])
     finally:
         code = restarted.stop()
     assert code == 0, restarted.log()[-3000:]
@@ -196,3 +199,10 @@ def assert_processed_exactly_once(db: Path, queued_at_kill: set[int]) -> None:
     assert items == [(MESSAGES, MESSAGES, MESSAGES)], f"worklist items: {items}"
     accessions = {str(r[0]) for r in rows(db, "SELECT accession_number FROM worklist_items")}
     assert accessions == {accession(i) for i in range(MESSAGES)}
+
+
+def modality_finds(hub: HubProcess, indexes: list[int]) -> None:
+    """A modality finds exactly one item for an order ACKed before, around and after the kill."""
+    for index in indexes:
+        found = mwl_query(hub.dicom_port, AccessionNumber=accession(index))
+        assert [item.PatientID for item in found] == [f"PAT{index:05d}"], index

@@ -34,7 +34,13 @@ import httpx
 import pytest
 
 from tests.support import mllp_client
-from tests.support.hub_process import HubProcess, free_port, start_hub, wait_for_port
+from tests.support.hub_process import (
+    HubProcess,
+    Overrides,
+    free_port,
+    start_hub,
+    wait_for_port,
+)
 from tests.support.mllp_receivers import AckReceiver
 
 pytestmark = pytest.mark.timeout(120)
@@ -121,7 +127,7 @@ def ehr() -> Iterator[EHRReceiver]:
 @pytest.fixture
 def hub(tmp_path: Path, ehr: EHRReceiver) -> Iterator[tuple[HubProcess, int]]:
     ris_port = free_port()
-    overrides = {
+    overrides: Overrides = {
         "reports-from-ris": {"source": {"port": ris_port}},
         CHANNEL: {
             "destinations": {
