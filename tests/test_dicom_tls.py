@@ -8,6 +8,7 @@ self-signed ones (each is its own CA).
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
@@ -25,9 +26,10 @@ from pynetdicom import AE
 from connectors.dicom_mwl import VERIFICATION, DicomListenerConfig, MWLServer
 from connectors.dicom_send import DicomSendConfig, DicomSendDestination
 from connectors.dicom_tls import tls_args
+from connectors.prefetch import PrefetchConfig, PrefetchDestination
 from connectors.tls_config import ClientTLSConfig
 from engine.config import validate_settings
-from engine.errors import ConfigError, RecoverableError
+from engine.errors import ConfigError, PermanentError, RecoverableError
 from engine.worklist import WorklistStore
 from tests.support.batches import batch_json
 from tests.support.dicom_files import write_study
@@ -297,3 +299,38 @@ def test_hub_serves_the_worklist_over_tls_from_its_settings_file(
         proc.wait(timeout=30)
     log = (tmp_path / "hub.log").read_text(errors="replace")
     assert "tls=True" in log and "DICOM TLS handshake with 127.0.0.1 failed" in log
+
+
+# -- prefetch (C-FIND/C-MOVE SCU) shares the TLS association code ---------------------------
+
+
+def _prefetch(port: int, tls: ClientTLSConfig | None) -> PrefetchDestination:
+    config = PrefetchConfig(
+        type="prefetch", host=HOST, port=port, ae_title="MERIDIAN",
+        move_destination="WORKSTATION", timeout_seconds=5, tls=tls,
+    )  # fmt: skip
+    return PrefetchDestination(config)
+
+
+ORDER = json.dumps(
+    {
+        "action": "create",
+        "key": "RIS|1",
+        "attributes": {"PatientID": "P1", "ScheduledProcedureStepSequence": [{"Modality": "CT"}]},
+    }
+)
+
+
+def test_prefetch_associates_over_tls(mutual_tls_server: MWLServer, certs: Certs) -> None:
+    """Our listener is no PACS: over TLS the association is negotiated and the study-root
+    contexts refused (permanent); without TLS it never gets that far (recoverable)."""
+    tls = ClientTLSConfig(
+        cafile=str(certs.server_cert),
+        certfile=str(certs.client_cert),
+        keyfile=str(certs.client_key),
+    )
+    port = mutual_tls_server.bound_port
+    with pytest.raises(PermanentError, match="accepted none of the proposed SOP classes"):
+        asyncio.run(_prefetch(port, tls).send(ORDER))
+    with pytest.raises(RecoverableError):
+        asyncio.run(_prefetch(port, None).send(ORDER))
