@@ -7,6 +7,10 @@ Worklist C-FIND from the :class:`~engine.worklist.WorklistStore`; the Storage
 SCP adds itself to the same :class:`DicomListener` later. Verification
 (C-ECHO) is always on.
 
+Access: ``allowed_calling_aets`` and ``allowed_networks`` (peer IP) are checked
+when an association is requested; a refused peer gets an A-ASSOCIATE-RJ. With
+``tls:`` the listener speaks DICOM over TLS only (see :mod:`connectors.dicom_tls`).
+
 pynetdicom runs each association in its own thread; the store's reads open
 their own short connections, so nothing here touches the event loop.
 Nothing here logs PHI: only AE titles, peer addresses, counts and statuses.

@@ -16,7 +16,9 @@ Two callbacks, both given to :meth:`MLLPSource.start`:
   connection stays open either way.
 
 The engine never sees a framing violation: the connection is closed and a warning
-naming the peer (never the content) is logged.
+naming the peer (never the content) is logged. Neither does it see a peer outside
+``allowed_networks``: its connection is closed at once, logged and counted
+(:attr:`MLLPSource.refused_by_allowlist`).
 """
 
 from __future__ import annotations
