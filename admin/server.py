@@ -46,6 +46,9 @@ class AdminServer:
             port=settings.port,
             # Request lines carry search parameters (patient IDs): no access log.
             access_log=False,
+            # Allowlists and the login throttle use the peer address: never take it from
+            # an X-Forwarded-For header a local process could forge.
+            proxy_headers=False,
             log_config=None,
             lifespan="off",
             ssl_certfile=str(tls.certfile) if tls else None,
