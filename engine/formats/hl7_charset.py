@@ -172,4 +172,8 @@ def encode(text: str, header: HL7Header | None, default_charset: str = DEFAULT_C
             codec = codec_for(default_charset)
         except DecodeError:
             codec = "utf-8"
+    if codec == _ISO2022_CODEC and "\x1b" in text:
+        # The codec writes its own escape sequences; a literal ESC (echoed from a broken
+        # MSH) would switch the reader's character set and garble the rest of the ACK.
+        text = text.replace("\x1b", "?")
     return text.encode(codec, errors="replace")
