@@ -342,17 +342,26 @@ def run(
     return result
 
 
-def _run_chunk(args: tuple[int, int, int]) -> FuzzRun:
+def _run_chunk(args: tuple[int, int, int, float | None]) -> FuzzRun:
+    seed, start, stop, deadline = args
     logging.disable(logging.WARNING)  # python-hl7 warns about odd escapes, with content
-    return run(*args)
+    budget = None if deadline is None else deadline - time.monotonic()
+    if budget is not None and budget <= 0:
+        return FuzzRun(FuzzStats(), [])
+    return run(seed, start, stop, budget)
 
 
-def run_parallel(seed: int, count: int, jobs: int) -> FuzzRun:
-    """``count`` inputs in ``jobs`` processes (chunks of 1,000); same inputs as :func:`run`."""
-    chunks = [(seed, start, min(start + 1000, count)) for start in range(0, count, 1000)]
+def run_parallel(seed: int, count: int, jobs: int, budget_seconds: float | None = None) -> FuzzRun:
+    """``count`` inputs in ``jobs`` processes (chunks of 1,000); same inputs as :func:`run`.
+
+    With ``budget_seconds``, chunks stop when it is spent (the monotonic clock is
+    system-wide on Linux, so every worker sees the same deadline).
+    """
+    deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
+    chunks = [(seed, start, min(start + 1000, count), deadline) for start in range(0, count, 1000)]
     total = FuzzRun(FuzzStats(), [])
     with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-        for part in pool.imap(_run_chunk, chunks):
+        for part in pool.imap_unordered(_run_chunk, chunks):
             total.stats.merge(part.stats)
             total.failed += part.failed
     return total
