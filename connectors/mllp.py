@@ -257,7 +257,13 @@ class MLLPSource:
                 return False
             if reply is not None:
                 conn.writer.write(encode_frame(reply))
-                await conn.writer.drain()
+                try:
+                    # A peer that never reads its ACKs would hold this slot forever.
+                    async with asyncio.timeout(self.config.idle_timeout_seconds):
+                        await conn.writer.drain()
+                except TimeoutError:
+                    logger.info("MLLP connection from %s closed: ACKs not read", conn.origin.peer)
+                    return False
         finally:
             conn.busy = False
         return True

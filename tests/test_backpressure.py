@@ -1,0 +1,209 @@
+"""Backpressure on real listeners: a slow, silent or greedy client cannot stall the others.
+
+Covered elsewhere and not repeated here (tests/test_mllp.py): oversize frame → AR with
+the connection kept (test_oversize_frame_gets_ar_and_the_connection_stays_usable), a
+silent connection closed after idle_timeout_seconds (test_idle_connection_is_closed),
+connections over max_connections closed (test_connections_over_the_limit_are_refused),
+twenty concurrent connections (test_twenty_connections_are_served_concurrently);
+tests/test_http_source.py: 413 for a body over max_body_bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import hl7
+
+from connectors.base import InboundHandler, Origin
+from connectors.mllp import MLLPSource, MLLPSourceConfig
+from connectors.mllp_framing import MLLPFrameReader, encode_frame
+from engine.formats.hl7 import build_ack, decode, encode, parse
+
+LOCALHOST = "127.0.0.1"
+PROMPT = 1.0  # seconds: "answered promptly" on a loaded 2-core CI runner
+
+
+def run(coro: Coroutine[Any, Any, Any], timeout: float = 20) -> Any:
+    """Each test runs its own event loop, bounded so a hang fails instead of stalling."""
+    return asyncio.run(asyncio.wait_for(coro, timeout=timeout))
+
+
+def message(control_id: str) -> bytes:
+    return (
+        f"MSH|^~\\&|RIS|HOSP|PACS|RAD|20240101120000||ORM^O01|{control_id}|P|2.5.1\r"
+        "PID|1||12345^^^HOSP^MR||DOE^JANE\rOBR|1|ORD1||CT^CT HEAD\r"
+    ).encode()
+
+
+async def ack_handler(raw: bytes, origin: Origin) -> bytes | None:
+    parsed = parse(decode(raw))
+    return encode(build_ack(parsed.header, "AA"), parsed.header)
+
+
+def msa(ack: bytes) -> tuple[str, str]:
+    segment = hl7.parse(ack.decode()).segment("MSA")
+    return str(segment[1]), str(segment[2])
+
+
+@contextlib.asynccontextmanager
+async def mllp(handler: InboundHandler = ack_handler, **settings: Any) -> AsyncIterator[MLLPSource]:
+    source = MLLPSource(MLLPSourceConfig(type="mllp", host=LOCALHOST, port=0, **settings))
+    await source.start(handler)
+    try:
+        yield source
+    finally:
+        await source.stop()
+
+
+class Client:
+    """A raw MLLP client over asyncio streams."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self._frames = MLLPFrameReader(10_000_000)
+        self._pending: list[bytes] = []
+
+    @classmethod
+    async def connect(cls, port: int) -> Client:
+        return cls(*await asyncio.open_connection(LOCALHOST, port))
+
+    async def read_frame(self, timeout: float = 5) -> bytes:
+        async with asyncio.timeout(timeout):
+            while not self._pending:
+                data = await self.reader.read(65536)
+                assert data, "server closed the connection instead of answering"
+                self._pending += [frame.payload for frame in self._frames.feed(data)]
+        return self._pending.pop(0)
+
+    async def exchange(self, control_id: str) -> tuple[str, str]:
+        self.writer.write(encode_frame(message(control_id)))
+        return msa(await self.read_frame())
+
+    async def closed_by_server(self, timeout: float) -> bool:
+        """True when the server closes the connection (EOF or reset) within ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                while await self.reader.read(65536):
+                    pass
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def prompt_exchanges(port: int, clients: int, tag: str) -> float:
+    """``clients`` fresh connections exchange a message each, at once; the slowest time."""
+
+    async def one(n: int) -> float:
+        started = time.monotonic()
+        client = await Client.connect(port)
+        try:
+            assert await client.exchange(f"{tag}{n}") == ("AA", f"{tag}{n}")
+        finally:
+            client.close()
+        return time.monotonic() - started
+
+    return max(await asyncio.gather(*(one(n) for n in range(clients))))
+
+
+# -- MLLP -------------------------------------------------------------------------------------
+
+
+def test_mllp_a_client_sending_byte_by_byte_does_not_stall_others() -> None:
+    async def scenario() -> None:
+        async with mllp() as source:
+            slow = await Client.connect(source.bound_port)
+            data = encode_frame(message("SLOW"))
+
+            async def trickle() -> None:
+                for byte in data:
+                    slow.writer.write(bytes([byte]))
+                    await slow.writer.drain()
+                    await asyncio.sleep(0.01)
+
+            trickling = asyncio.create_task(trickle())
+            await asyncio.sleep(0.2)  # the slow frame is well under way
+            assert not trickling.done()
+            assert await prompt_exchanges(source.bound_port, 10, "FAST") < PROMPT
+            assert not trickling.done()  # the others really were served meanwhile
+            await trickling
+            assert msa(await slow.read_frame()) == ("AA", "SLOW")
+            slow.close()
+
+    run(scenario())
+
+
+def test_mllp_silent_and_half_frame_clients_do_not_stall_others_and_are_cut_off() -> None:
+    async def scenario() -> None:
+        async with mllp(idle_timeout_seconds=1.0) as source:
+            silent = await Client.connect(source.bound_port)
+            half = await Client.connect(source.bound_port)
+            half.writer.write(encode_frame(message("HALF"))[:40])  # then nothing more
+            await asyncio.sleep(0.1)
+            assert await prompt_exchanges(source.bound_port, 5, "OTHER") < PROMPT
+            started = time.monotonic()
+            assert await silent.closed_by_server(timeout=3)
+            assert await half.closed_by_server(timeout=3)
+            assert time.monotonic() - started < 2.0
+            await asyncio.sleep(0.05)
+            assert source.open_connections == 0  # their slots are free again
+
+    run(scenario())
+
+
+def test_mllp_connection_limit_refuses_extra_clients_while_the_admitted_ones_work() -> None:
+    async def scenario() -> None:
+        async with mllp(max_connections=3) as source:
+            admitted = [await Client.connect(source.bound_port) for _ in range(3)]
+            for n, client in enumerate(admitted):  # all three are being served
+                assert await client.exchange(f"IN{n}") == ("AA", f"IN{n}")
+            extra = await Client.connect(source.bound_port)
+            extra.writer.write(encode_frame(message("EXTRA")))
+            assert await extra.closed_by_server(timeout=3)  # closed, never answered
+            for n, client in enumerate(admitted):  # and go on working
+                assert await client.exchange(f"AGAIN{n}") == ("AA", f"AGAIN{n}")
+            assert source.open_connections == 3
+            admitted.pop().close()
+            await asyncio.sleep(0.1)
+            late = await Client.connect(source.bound_port)  # a slot was freed
+            assert await late.exchange("LATE") == ("AA", "LATE")
+            for client in [*admitted, late]:
+                client.close()
+
+    run(scenario())
+
+
+def test_mllp_a_client_that_never_reads_its_acks_is_cut_off_not_held_forever() -> None:
+    reply = b"MSH|^~\\&|A|B|C|D|1||ACK|1|P|2.5.1\rMSA|AA|1\r" + b"NTE|" + b"x" * 200_000 + b"\r"
+
+    async def big_replies(raw: bytes, origin: Origin) -> bytes | None:
+        return reply if b"GREEDY" in raw else await ack_handler(raw, origin)
+
+    async def scenario() -> None:
+        async with mllp(big_replies, idle_timeout_seconds=1.0) as source:
+            greedy = socket.socket()
+            greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            greedy.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(greedy, (LOCALHOST, source.bound_port))
+            # 100 messages whose 20 MB of replies it never reads: the server's writes block.
+            burst = encode_frame(message("GREEDY")) * 100
+            await asyncio.get_running_loop().sock_sendall(greedy, burst)
+            await asyncio.sleep(0.5)
+            assert source.open_connections == 1
+            assert await prompt_exchanges(source.bound_port, 5, "OTHER") < PROMPT
+            deadline = time.monotonic() + 4
+            while source.open_connections and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert source.open_connections == 0, "a client that never reads holds its slot"
+            greedy.close()
+
+    run(scenario())
