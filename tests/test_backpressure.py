@@ -20,6 +20,7 @@ from typing import Any
 import hl7
 
 from connectors.base import InboundHandler, Origin
+from connectors.http_source import HttpSource, HttpSourceConfig
 from connectors.mllp import MLLPSource, MLLPSourceConfig
 from connectors.mllp_framing import MLLPFrameReader, encode_frame
 from engine.formats.hl7 import build_ack, decode, encode, parse
@@ -205,5 +206,142 @@ def test_mllp_a_client_that_never_reads_its_acks_is_cut_off_not_held_forever() -
                 await asyncio.sleep(0.1)
             assert source.open_connections == 0, "a client that never reads holds its slot"
             greedy.close()
+
+    run(scenario())
+
+
+# -- HTTP source ------------------------------------------------------------------------------
+
+RESULT = b'{"model": "bleed-detect", "findings": []}'
+
+
+def post(body: bytes = RESULT) -> bytes:
+    head = f"POST /results HTTP/1.1\r\nHost: hub\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+async def accept_all(raw: bytes, origin: Origin) -> bytes | None:
+    return None  # 202
+
+
+@contextlib.asynccontextmanager
+async def http(**settings: Any) -> AsyncIterator[HttpSource]:
+    source = HttpSource(HttpSourceConfig(type="http", host=LOCALHOST, port=0, **settings))
+    await source.start(accept_all)
+    try:
+        yield source
+    finally:
+        await source.stop()
+
+
+class HttpClient:
+    """A raw keep-alive HTTP/1.1 client: one request at a time, answers read by length."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def connect(cls, port: int) -> HttpClient:
+        return cls(*await asyncio.open_connection(LOCALHOST, port))
+
+    async def status(self, timeout: float = 5) -> int:
+        """The status of the next answer (its body is read and dropped)."""
+        async with asyncio.timeout(timeout):
+            head = await self.reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await self.reader.readexactly(length)
+        return int(head.split(b" ", 2)[1])
+
+    async def request(self) -> int:
+        self.writer.write(post())
+        return await self.status()
+
+    async def closed_by_server(self, timeout: float) -> bool:
+        return await Client(self.reader, self.writer).closed_by_server(timeout)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def prompt_posts(port: int, clients: int) -> float:
+    """``clients`` fresh connections POST once each, at once; the slowest time."""
+
+    async def one() -> float:
+        started = time.monotonic()
+        client = await HttpClient.connect(port)
+        try:
+            assert await client.request() == 202
+        finally:
+            client.close()
+        return time.monotonic() - started
+
+    return max(await asyncio.gather(*(one() for _ in range(clients))))
+
+
+def test_http_connection_limit_answers_503_while_the_admitted_clients_work() -> None:
+    async def scenario() -> None:
+        async with http(max_connections=2) as source:
+            admitted = [await HttpClient.connect(source.bound_port) for _ in range(2)]
+            for client in admitted:
+                assert await client.request() == 202
+            extra = await HttpClient.connect(source.bound_port)
+            assert await extra.status() == 503
+            assert await extra.closed_by_server(timeout=3)
+            for client in admitted:  # keep-alive connections go on working
+                assert await client.request() == 202
+            admitted.pop().close()
+            await asyncio.sleep(0.1)
+            assert await prompt_posts(source.bound_port, 1) < PROMPT  # a slot was freed
+            admitted[0].close()
+
+    run(scenario())
+
+
+def test_http_silent_and_trickling_clients_are_cut_off_without_stalling_others() -> None:
+    async def scenario() -> None:
+        async with http(read_timeout_seconds=1.0, max_connections=12) as source:
+            silent = await HttpClient.connect(source.bound_port)
+            trickler = await HttpClient.connect(source.bound_port)
+            request = post()
+
+            async def trickle() -> None:  # slowloris: a byte every 50 ms, forever
+                with contextlib.suppress(ConnectionError):
+                    for byte in request * 10:
+                        trickler.writer.write(bytes([byte]))
+                        await trickler.writer.drain()
+                        await asyncio.sleep(0.05)
+
+            trickling = asyncio.create_task(trickle())
+            started = time.monotonic()
+            await asyncio.sleep(0.2)
+            assert await prompt_posts(source.bound_port, 10) < PROMPT
+            assert await silent.closed_by_server(timeout=3)
+            # The timeout bounds the whole head, so steady trickling does not extend it.
+            assert await trickler.closed_by_server(timeout=3)
+            assert time.monotonic() - started < 2.5
+            trickling.cancel()
+            await asyncio.sleep(0.05)
+            assert await prompt_posts(source.bound_port, 12) < PROMPT  # both slots are free
+
+    run(scenario())
+
+
+def test_http_a_slow_body_does_not_stall_others_and_is_accepted_when_complete() -> None:
+    async def scenario() -> None:
+        async with http(read_timeout_seconds=5.0) as source:
+            slow = await HttpClient.connect(source.bound_port)
+            request = post()
+            slow.writer.write(request[:-20])
+            for byte in request[-20:-1]:
+                await asyncio.sleep(0.02)
+                slow.writer.write(bytes([byte]))
+                assert await prompt_posts(source.bound_port, 2) < PROMPT
+            slow.writer.write(request[-1:])
+            assert await slow.status() == 202
+            slow.close()
 
     run(scenario())
