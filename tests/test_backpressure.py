@@ -5,7 +5,8 @@ the connection kept (test_oversize_frame_gets_ar_and_the_connection_stays_usable
 silent connection closed after idle_timeout_seconds (test_idle_connection_is_closed),
 connections over max_connections closed (test_connections_over_the_limit_are_refused),
 twenty concurrent connections (test_twenty_connections_are_served_concurrently);
-tests/test_http_source.py: 413 for a body over max_body_bytes.
+tests/test_http_source.py: 413 for a body over max_body_bytes. The DICOM listener's
+limits (max_associations, acse_timeout, network_timeout) had no test: they are here.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any
 
 import hl7
+from pynetdicom import AE
 
 from connectors.base import InboundHandler, Origin
+from connectors.dicom_mwl import VERIFICATION, DicomListener, DicomListenerConfig
 from connectors.http_source import HttpSource, HttpSourceConfig
 from connectors.mllp import MLLPSource, MLLPSourceConfig
 from connectors.mllp_framing import MLLPFrameReader, encode_frame
@@ -345,3 +348,66 @@ def test_http_a_slow_body_does_not_stall_others_and_is_accepted_when_complete() 
             slow.close()
 
     run(scenario())
+
+
+# -- DICOM listener ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def dicom_listener(**settings: Any) -> Iterator[int]:
+    listener = DicomListener(DicomListenerConfig(host=LOCALHOST, port=0, **settings))
+    listener.start()
+    try:
+        yield listener.bound_port
+    finally:
+        listener.stop()
+
+
+def scu() -> AE:
+    ae = AE(ae_title="BACKPRESSURE")
+    ae.add_requested_context(VERIFICATION)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+    return ae
+
+
+def timed_echo(port: int) -> float:
+    """Seconds for a new association to C-ECHO and release; fails if it could not."""
+    started = time.monotonic()
+    assoc = scu().associate(LOCALHOST, port)
+    assert assoc.is_established
+    status = assoc.send_c_echo()
+    assoc.release()
+    assert status.Status == 0x0000
+    return time.monotonic() - started
+
+
+def test_dicom_association_limit_rejects_extras_while_the_admitted_work() -> None:
+    with dicom_listener(max_associations=2) as port:
+        held = [scu().associate(LOCALHOST, port) for _ in range(2)]
+        assert all(assoc.is_established for assoc in held)
+        extra = scu().associate(LOCALHOST, port)
+        assert extra.is_rejected  # A-ASSOCIATE-RJ: local limit exceeded
+        for assoc in held:
+            assert assoc.send_c_echo().Status == 0x0000
+        held.pop().release()
+        time.sleep(0.2)
+        assert timed_echo(port) < PROMPT  # the released slot is usable again
+        held[0].release()
+
+
+def test_dicom_silent_socket_and_idle_association_are_dropped_without_stalling_others() -> None:
+    with dicom_listener(max_associations=4, acse_timeout=1.0, network_timeout=1.5) as port:
+        silent = socket.create_connection((LOCALHOST, port))  # never sends A-ASSOCIATE-RQ
+        idle = scu().associate(LOCALHOST, port)  # associates, then says nothing
+        assert idle.is_established
+        started = time.monotonic()
+        assert timed_echo(port) < PROMPT
+        silent.settimeout(3)
+        assert silent.recv(100) == b""  # ARTIM (acse_timeout) closed it
+        assert time.monotonic() - started < 2.0
+        silent.close()
+        deadline = time.monotonic() + 3
+        while idle.is_established and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert idle.is_aborted  # network_timeout ended the idle association
+        assert timed_echo(port) < PROMPT
