@@ -34,7 +34,6 @@ DATATYPE = make_datatype(["ORM^O01", "OMI^O23"])
 NEGATIVE = {"AE", "AR", "CE", "CR"}
 
 
-
 def unframed(data: bytes) -> bytes:
     """``data`` without the MLLP block characters, which no frame's payload can hold."""
     return data.replace(b"\x0b", b"").replace(b"\x1c", b"")
