@@ -66,7 +66,9 @@ class MLLPSourceConfig(BaseModel):
     host: str = "0.0.0.0"  # all interfaces: senders are other hosts
     port: int = Field(default=2575, ge=0, le=65535)  # 0 = any free port (tests)
     max_message_bytes: int = Field(default=1_048_576, gt=0)
-    idle_timeout_seconds: float = Field(default=300, gt=0)
+    idle_timeout_seconds: float = Field(
+        default=300, gt=0, description="silence between messages; also the most one may take"
+    )
     max_connections: int = Field(default=100, gt=0)
     stop_timeout_seconds: float = Field(default=10, ge=0)
     tls: TLSConfig | None = None
@@ -222,9 +224,14 @@ class MLLPSource:
 
     async def _converse(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
         peer = conn.origin.peer
+        loop, idle = asyncio.get_running_loop(), self.config.idle_timeout_seconds
+        frame_deadline = 0.0
         while not self._stopping:
+            # Between messages: idle_timeout_seconds of silence. A started frame must be
+            # complete within it, so trickling bytes cannot hold a slot forever (slowloris).
+            deadline = frame_deadline if conn.reader.in_frame else loop.time() + idle
             try:
-                async with asyncio.timeout(self.config.idle_timeout_seconds):
+                async with asyncio.timeout_at(deadline):
                     data = await reader.read(_READ_CHUNK)
             except TimeoutError:
                 logger.info("MLLP connection from %s closed: idle timeout", peer)
@@ -237,7 +244,11 @@ class MLLPSource:
                         conn.reader.pending_bytes,
                     )
                 return
-            for frame in conn.reader.feed(data):
+            was_in_frame = conn.reader.in_frame
+            frames = conn.reader.feed(data)
+            if conn.reader.in_frame and (frames or not was_in_frame):  # a new frame began
+                frame_deadline = loop.time() + idle
+            for frame in frames:
                 if not await self._answer(conn, frame) or self._stopping:
                     return
             if conn.reader.violation:

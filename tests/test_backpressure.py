@@ -164,6 +164,28 @@ def test_mllp_silent_and_half_frame_clients_do_not_stall_others_and_are_cut_off(
     run(scenario())
 
 
+def test_mllp_a_trickling_client_is_cut_off_when_its_frame_takes_longer_than_the_timeout() -> None:
+    async def scenario() -> None:
+        async with mllp(idle_timeout_seconds=1.0) as source:
+            trickler = await Client.connect(source.bound_port)
+
+            async def trickle() -> None:  # a byte every 0.1 s: never idle for 1 s
+                with contextlib.suppress(ConnectionError):
+                    for byte in encode_frame(message("TRICKLE")):
+                        trickler.writer.write(bytes([byte]))
+                        await trickler.writer.drain()
+                        await asyncio.sleep(0.1)
+
+            trickling = asyncio.create_task(trickle())
+            started = time.monotonic()
+            assert await trickler.closed_by_server(timeout=4)
+            assert time.monotonic() - started < 2.0  # the whole frame had 1 s, not each byte
+            trickling.cancel()
+            assert await prompt_exchanges(source.bound_port, 3, "AFTER") < PROMPT
+
+    run(scenario())
+
+
 def test_mllp_connection_limit_refuses_extra_clients_while_the_admitted_ones_work() -> None:
     async def scenario() -> None:
         async with mllp(max_connections=3) as source:
