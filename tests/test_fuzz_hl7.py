@@ -1,11 +1,9 @@
-"""The HL7 fuzz target in CI: in-process bulk, then a small part over the wire to a real hub.
+"""The HL7 fuzz target in CI: 100,000 inputs in-process, then a part over the wire to a real hub.
 
-The full 100,000 inputs take about 100 s of CPU (python-hl7 parses every frame and
-every ACK): 55 s on two idle cores, over 140 s on a busy machine. A CI test may not
-spend that, so the in-process test runs inputs of seed 1 on every core until all
-100,000 are done or 45 s have passed (measured: 60,000 on a shared 2-core machine),
-and must get through at least 20,000; ``python -m tests.fuzz.hl7_fuzz`` always runs
-all 100,000 (seeds 1, 2 and 3: no failure).
+The 100,000 inputs take about 100 s of CPU (python-hl7 parses every frame and every
+ACK): about 55 s on two idle cores, spread over every core. The issue asks for 100k
+inputs with no crash, so CI runs all of them (``python -m tests.fuzz.hl7_fuzz`` runs
+the same inputs, or other seeds, by hand; seeds 1, 2 and 3: no failure).
 """
 
 from __future__ import annotations
@@ -33,21 +31,18 @@ from tests.fuzz.hl7_fuzz import (
 from tests.support.hub_process import HubProcess, start_hub
 from tests.support.mllp_client import msa, send
 
-BUDGET_SECONDS = 45
-MIN_INPUTS = 20_000  # 60-80k fit on 2 cores; far fewer means something got slow
+FUZZ_INPUTS = 100_000
 WIRE_INPUTS = 300
 
 
 def test_fuzz_inputs_in_process_never_crash() -> None:
     started = time.monotonic()
-    result = run_parallel(
-        seed=1, count=100_000, jobs=os.cpu_count() or 1, budget_seconds=BUDGET_SECONDS
-    )
+    result = run_parallel(seed=1, count=FUZZ_INPUTS, jobs=os.cpu_count() or 1)
     elapsed = time.monotonic() - started
     stats = result.stats
     print(f"\n{stats.summary()}\n{elapsed:.1f} s")  # shown with pytest -s
     assert result.failed == [], f"inputs that failed (replay with --only N): {result.failed}"
-    assert stats.inputs >= MIN_INPUTS
+    assert stats.inputs == FUZZ_INPUTS
     # The generator reaches every path: refusals of both kinds, violations, oversize, AA.
     assert stats.violations and stats.oversize and stats.errors["DecodeError"]
     assert stats.errors["ParseError"] and stats.acks["AA"] and stats.acks["AR"]
