@@ -128,6 +128,29 @@ def connection_lines(hub: Hub | None, labels: Labels) -> list[str]:
             f"meridian_dicom_associations{labels(ae_title=ae_title)} "
             f"{listener.active_associations}",
         ]
+    return lines + _refusal_lines(sources, listener, labels)
+
+
+def _refusal_lines(sources: dict[str, Any], listener: Any, labels: Labels) -> list[str]:
+    """Connections refused because the peer is outside ``allowed_networks``.
+
+    A counter of the running listener: it starts again at 0 when a channel's source
+    is restarted (Prometheus treats that as a counter reset).
+    """
+    counts = [
+        (f"channel:{channel}", getattr(sources[channel], "refused_by_allowlist", None))
+        for channel in sorted(sources)
+    ]
+    counts.append(("dicom", getattr(listener, "refused_by_allowlist", None)))
+    lines = [
+        "# HELP meridian_allowlist_refused_total Connections refused: peer outside the allowlist.",
+        "# TYPE meridian_allowlist_refused_total counter",
+    ]
+    lines += [
+        f"meridian_allowlist_refused_total{labels(listener=name)} {count}"
+        for name, count in counts
+        if isinstance(count, int)
+    ]
     return lines
 
 

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ValidationError
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 
+from admin.metrics import _labels
+from admin.metrics_extra import connection_lines
 from admin.server import AdminServer
 from admin.settings import AdminSettings
 from connectors.allowlist import AllowedNetworks, is_allowed
@@ -114,6 +117,9 @@ def test_mllp_connection_from_outside_the_allowlist_is_closed(
     assert source.refused_by_allowlist == 1
     [record] = [r for r in caplog.records if "allowed_networks" in r.getMessage()]
     assert LOCALHOST in record.getMessage() and "DOE" not in record.getMessage()
+    # Operators see refusals in /metrics (the hub's sources, as render_metrics reads them).
+    lines = connection_lines(SimpleNamespace(sources={"orders": source}), _labels)
+    assert 'meridian_allowlist_refused_total{listener="channel:orders"} 1' in lines
 
 
 @pytest.mark.parametrize("networks", [LOOPBACK, None])
