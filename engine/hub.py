@@ -18,6 +18,7 @@ from engine.archive import Archive
 from engine.channel_control import ChannelControl, ChannelState, ChannelStateError
 from engine.config import Channel, HubSettings
 from engine.deid import Deidentifier
+from engine.leadership import JobLeadership
 from engine.mpps import MPPSStore
 from engine.pipeline import ChannelRuntime
 from engine.reading_worklist import ReadingWorklist, Reprioritizer
@@ -51,6 +52,8 @@ class Hub:
         self.services: Services | None = None
         self._periodic: list[AITimeoutMonitor | Reprioritizer] = []
         self.scheduler: HubScheduler | None = None
+        #: One node runs the periodic jobs when several share a PostgreSQL store.
+        self.leadership: JobLeadership | None = None
         self.admin: AdminServer | None = None
 
     @property
@@ -106,10 +109,15 @@ class Hub:
         self.control = ChannelControl(self.services, self._pool)
         await self.control.deploy_all(self._initial)
         await asyncio.to_thread(self.mwl.start)
+        self.leadership = JobLeadership(self._engine)
         self._start_periodic(self.services)
         # Retention and alert checks (APScheduler); the channels are read at each run.
         self.scheduler = HubScheduler(
-            self._engine, self._committer, settings, lambda: [c.file for c in self.channels]
+            self._engine,
+            self._committer,
+            settings,
+            lambda: [c.file for c in self.channels],
+            self.leadership,
         )
         await self.scheduler.start()
         self.admin = AdminServer(self.services, self, settings.admin)
@@ -138,6 +146,7 @@ class Hub:
             ),
         ]
         for job in self._periodic:
+            job.leadership = self.leadership
             job.start()
 
     # -- channel lifecycle (the admin API calls these in the hub's loop) ---------------
@@ -181,6 +190,8 @@ class Hub:
             await job.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
+        if self.leadership is not None:
+            await self.leadership.release()
         if self.mwl is not None:
             await asyncio.to_thread(self.mwl.stop)
         if self._pool is not None:

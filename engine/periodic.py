@@ -2,7 +2,8 @@
 
 Used by the jobs that watch the store (AI timeouts, reading worklist
 reprioritization). A failing step is logged and tried again at the next tick:
-a database that is briefly away must not end the job.
+a database that is briefly away must not end the job. With ``leadership`` set,
+a tick on a node that is not the leader is skipped (several nodes, one store).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from engine.errors import EngineError
+from engine.leadership import JobLeadership
 
 __all__ = ["PeriodicTask"]
 
@@ -32,6 +34,8 @@ class PeriodicTask:
         self._step = step
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: Set by the hub before start(): ticks run only while this node leads.
+        self.leadership: JobLeadership | None = None
 
     @property
     def running(self) -> bool:
@@ -55,7 +59,10 @@ class PeriodicTask:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                await self._step()
+                if self.leadership is None or await self.leadership.is_leader():
+                    await self._step()
+                else:
+                    log.debug("%s: skipped, another node leads", self.name)
             except Exception as exc:
                 # Our own errors carry no PHI; a library's text may quote values, so only its type.
                 text = str(exc) if isinstance(exc, EngineError) else "details not logged"

@@ -4,6 +4,8 @@ The jobs run as coroutines in the hub's event loop; their store reads go to a
 thread and their writes to the store writer, so the loop is never blocked.
 A job that fails is logged and runs again at its next time; one run at a time
 per job (a slow prune is never doubled), and missed runs are coalesced.
+With a ``leadership``, a run on a node that is not the leader is skipped, so
+the jobs run on one node when several share a store.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from engine.alert_tables import create_tables
 from engine.alerting import AlertJob
 from engine.config import ChannelFile, HubSettings
 from engine.errors import EngineError
+from engine.leadership import JobLeadership
 from engine.retention import RetentionJob
 from engine.store.group_commit import GroupCommitter
 
@@ -38,8 +41,10 @@ class HubScheduler:
         committer: GroupCommitter,
         settings: HubSettings,
         channels: Callable[[], Iterable[ChannelFile]],
+        leadership: JobLeadership | None = None,
     ) -> None:
         self._engine = engine
+        self._leadership = leadership
         self.retention = RetentionJob(committer, settings.retention, channels)
         self.alerts = AlertJob(engine, committer, settings.alerts)
         self._intervals = {
@@ -50,6 +55,8 @@ class HubScheduler:
         self._running: set[asyncio.Task[object]] = set()
         #: Completed runs per job (failed ones included): what tests and status pages watch.
         self.runs: dict[str, int] = {"retention": 0, "alerts": 0}
+        #: Runs skipped because another node leads (see engine/leadership.py).
+        self.skipped: dict[str, int] = {"retention": 0, "alerts": 0}
 
     async def start(self) -> None:
         """Create missing tables and start the jobs (first runs one interval from now)."""
@@ -92,6 +99,10 @@ class HubScheduler:
             await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _guarded(self, name: str, step: Callable[[], Awaitable[object]]) -> None:
+        if self._leadership is not None and not await self._leadership.is_leader():
+            log.debug("%s job skipped: another node leads", name)
+            self.skipped[name] += 1
+            return
         task = asyncio.current_task()
         if task is not None:
             self._running.add(task)
