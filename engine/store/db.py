@@ -9,7 +9,7 @@ from sqlalchemy import Engine, Executable, RowMapping, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.errors import StoreError
-from engine.store.schema import metadata
+from engine.store.migrate import upgrade_store
 
 __all__ = ["is_sqlite", "open_engine", "read_rows"]
 
@@ -20,17 +20,10 @@ def is_sqlite(engine: Engine) -> bool:
 
 
 def open_engine(url: str, *, create_schema: bool = True) -> Engine:
-    """Create the SQLAlchemy engine for ``url`` and (by default) the tables."""
-    # Importing the modules that own tables registers them on the shared metadata.
-    import engine.ai_timeouts
-    import engine.archive_tables
-    import engine.audit
-    import engine.deid_tables
-    import engine.mpps
-    import engine.reading_tables
-    import engine.store.tables
-    import engine.worklist  # noqa: F401
+    """Create the SQLAlchemy engine for ``url`` and (by default) migrate it to the head schema.
 
+    ``create_schema=False`` opens the store as it is (read-only tools).
+    """
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -38,7 +31,7 @@ def open_engine(url: str, *, create_schema: bool = True) -> Engine:
         if is_sqlite(store):
             event.listen(store, "connect", _sqlite_pragmas)
         if create_schema:
-            metadata.create_all(store)
+            upgrade_store(store)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot open the message store: {exc.__class__.__name__}: {exc}") from exc
     return store
