@@ -15,7 +15,9 @@ from typing import Self
 
 from connectors.mllp_framing import MLLPFrameReader, encode_frame
 from connectors.server_stop import CLOSE_TIMEOUT
-from engine.errors import ConfigError, RecoverableError
+from connectors.tls_config import ClientTLSConfig
+from connectors.tls_config import client_ssl_context as tls_client_context
+from engine.errors import RecoverableError
 
 __all__ = ["MLLPClient", "client_ssl_context", "send_messages"]
 
@@ -34,16 +36,8 @@ def client_ssl_context(
     """A TLS context for :class:`MLLPClient`: trust ``cafile`` (else the system store),
     present ``certfile``/``keyfile`` when the server wants a client certificate.
     ``verify=False`` disables server verification (test setups only)."""
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
-        if certfile:
-            context.load_cert_chain(certfile, keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"MLLP client TLS files cannot be loaded: {exc}") from exc
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    tls = ClientTLSConfig(cafile=cafile, certfile=certfile, keyfile=keyfile, verify=verify)
+    return tls_client_context(tls, "MLLP")
 
 
 class MLLPClient:

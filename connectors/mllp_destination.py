@@ -33,41 +33,22 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Literal, Self
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from connectors.base import Delivery
-from connectors.mllp_client import MLLPClient, client_ssl_context
+from connectors.mllp_client import MLLPClient
+from connectors.tls_config import ClientTLSConfig, client_ssl_context
 from engine.errors import DecodeError, MessageError, PermanentError, RecoverableError
 from engine.formats.hl7 import ACK_CODES, HL7Header, codec_for, decode, parse_header, unescape
 
-__all__ = ["MLLPDestination", "MLLPDestinationConfig", "MLLPDestinationTLS"]
+__all__ = ["MLLPDestination", "MLLPDestinationConfig"]
 
 logger = logging.getLogger(__name__)
 
 _ACCEPTED = frozenset({"AA", "CA"})
 _MAX_REASON = 500  # an analyst needs the gist; a peer may send a whole stack trace
-
-
-class MLLPDestinationTLS(BaseModel):
-    """Client TLS: whom to trust, and our certificate when the receiver asks for one."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    cafile: str | None = Field(default=None, description="CA bundle; default: the system store")
-    certfile: str | None = Field(default=None, description="our certificate (mutual TLS)")
-    keyfile: str | None = None
-    verify: bool = Field(default=True, description="false only for test setups")
-    server_hostname: str | None = Field(
-        default=None, description="the name the certificate must carry; default: host"
-    )
-
-    @model_validator(mode="after")
-    def _key_needs_certificate(self) -> Self:
-        if self.keyfile and not self.certfile:
-            raise ValueError("keyfile needs certfile")
-        return self
 
 
 class MLLPDestinationConfig(BaseModel):
@@ -81,7 +62,7 @@ class MLLPDestinationConfig(BaseModel):
     timeout_seconds: float = Field(
         default=30, gt=0, description="connect, send and wait for the ACK, all together"
     )
-    tls: MLLPDestinationTLS | None = None
+    tls: ClientTLSConfig | None = None
     charset: str = Field(
         default="UNICODE UTF-8",
         description="HL7 charset of the bytes sent when the message's MSH-18 is empty",
@@ -117,11 +98,7 @@ class MLLPDestination:
     def __init__(self, config: MLLPDestinationConfig) -> None:
         self.config = config
         tls = config.tls
-        context = (
-            client_ssl_context(tls.cafile, tls.certfile, tls.keyfile, verify=tls.verify)
-            if tls is not None
-            else None
-        )
+        context = client_ssl_context(tls, "MLLP") if tls is not None else None
         self._client = MLLPClient(
             config.host,
             config.port,
