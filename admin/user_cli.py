@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from pathlib import Path
 from typing import TextIO
 
 from admin.users import ROLES, add_user, ensure_tables
-from engine.config import load_settings_file, validate_settings
+from engine.cli_store import add_store_arguments, store_settings
 from engine.errors import ConfigError
 
 __all__ = ["add_arguments", "run"]
@@ -35,9 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
-    add.add_argument("--config", type=Path, default=None, help="hub settings file")
-    add.add_argument("--data", type=Path, default=None, help="data folder (default ./var)")
-    add.add_argument("--db", default=None, help="store URL (default: SQLite under --data)")
+    add_store_arguments(add)
     parser.set_defaults(func=run)
 
 
@@ -46,7 +43,7 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     from engine.store.db import open_engine
 
     password = _read_password(stdin or sys.stdin) if args.password_stdin else _ask_password()
-    engine = open_engine(_db_url(args))
+    engine = open_engine(store_settings(args).resolved_db_url())
     try:
         ensure_tables(engine)
         user = add_user(engine, args.name, password, args.role, args.can_view_phi)
@@ -55,15 +52,6 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     phi = "with" if user.can_view_phi else "without"
     print(f"user {user.username} created: role {user.role}, {phi} PHI access")
     return 0
-
-
-def _db_url(args: argparse.Namespace) -> str:
-    values = load_settings_file(args.config)
-    if args.data is not None:
-        values["data_dir"] = args.data
-    if args.db is not None:
-        values["db_url"] = args.db
-    return validate_settings(values, str(args.config or "settings")).resolved_db_url()
 
 
 def _read_password(stream: TextIO) -> str:

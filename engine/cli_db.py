@@ -8,9 +8,8 @@ check (exit status 1 on any difference) that it matches this version.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from engine.config import load_settings_file, validate_settings
+from engine.cli_store import add_store_arguments, store_settings
 from engine.store.db import open_engine
 from engine.store.migrate import check_store, current_revision, head_revision
 
@@ -27,19 +26,12 @@ def add_db_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         ("check", _check, "exit 1 unless the store matches this version's schema"),
     ):
         action = actions.add_parser(name, help=help_text)
-        action.add_argument("--config", type=Path, default=None, help="hub settings file")
-        action.add_argument("--data", type=Path, default=None, help="data folder (default ./var)")
-        action.add_argument("--db", default=None, help="store URL (default: SQLite under --data)")
+        add_store_arguments(action)
         action.set_defaults(func=func)
 
 
 def _db_url(args: argparse.Namespace) -> str:
-    values = load_settings_file(args.config)
-    if args.data is not None:
-        values["data_dir"] = args.data
-    if args.db is not None:
-        values["db_url"] = args.db
-    return validate_settings(values, str(args.config or "settings")).resolved_db_url()
+    return store_settings(args).resolved_db_url()
 
 
 def _upgrade(args: argparse.Namespace) -> int:

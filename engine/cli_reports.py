@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from engine.audit import format_events, query
-from engine.config import HubSettings, load_settings_file, validate_settings
+from engine.cli_store import add_store_arguments, store_settings
 from engine.reading_worklist import ReadingWorklist
 from engine.store.db import open_engine
 
@@ -16,7 +15,7 @@ __all__ = ["add_report_commands"]
 def add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the report subcommands on the ``meridian`` parser."""
     audit = sub.add_parser("audit", help="show the audit trail (routing, AI, worklist)")
-    _add_store_args(audit)
+    add_store_arguments(audit)
     audit.add_argument("--study", help="Study Instance UID")
     audit.add_argument("--accession", help="accession number")
     audit.add_argument("--kind", action="append", help="event kind (repeatable)")
@@ -25,25 +24,13 @@ def add_report_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     audit.set_defaults(func=_audit)
 
     reading = sub.add_parser("reading-worklist", help="show the radiologists' reading worklist")
-    _add_store_args(reading)
+    add_store_arguments(reading)
     reading.add_argument("--limit", type=int, default=50)
     reading.set_defaults(func=_reading_worklist)
 
 
-def _add_store_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None, help="hub settings file")
-    parser.add_argument("--data", type=Path, default=Path("var"), help="data folder (./var)")
-    parser.add_argument("--db", default=None, help="store URL (default: SQLite under --data)")
-
-
-def _settings(args: argparse.Namespace) -> HubSettings:
-    values = load_settings_file(args.config)
-    values.update(data_dir=args.data, db_url=args.db or values.get("db_url"))
-    return validate_settings(values, str(args.config or "settings"))
-
-
 def _audit(args: argparse.Namespace) -> int:
-    engine = open_engine(_settings(args).resolved_db_url(), create_schema=False)
+    engine = open_engine(store_settings(args).resolved_db_url(), create_schema=False)
     try:
         events = query(
             engine,
@@ -60,7 +47,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _reading_worklist(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = store_settings(args)
     engine = open_engine(settings.resolved_db_url(), create_schema=False)
     try:
         worklist = ReadingWorklist(engine, settings.reading_worklist)
