@@ -19,6 +19,7 @@ from sqlalchemy import Connection, func, select, update
 from admin.access_log import log_access
 from admin.context import AdminContext, context
 from admin.hl7_segments import Displayed, display
+from admin.resubmit import resubmit_unqueued
 from admin.security import CurrentSession, Session, require_role
 from engine.states import MessageStatus, check_transition
 from engine.store.tables import messages, queue_entries
@@ -192,14 +193,21 @@ def _withhold(row: dict[str, Any], names: tuple[str, ...]) -> None:
 
 @router.post("/{message_id:int}/reprocess")
 def reprocess(message_id: int, session: Analyst, ctx: Ctx) -> dict[str, Any]:
-    """Put the message's ERROR and SENT queue entries back on their queues, then wake them."""
+    """Put the message's ERROR and SENT queue entries back on their queues, then wake them.
+
+    A message that failed in the channel itself (nothing was queued) is run through
+    the channel as deployed now instead: ``resubmitted_as`` names the new message.
+    """
     with ctx.services.engine.connect() as conn:
         found = conn.execute(select(messages.c.id).where(messages.c.id == message_id)).first()
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such message")
     moved: list[tuple[str, str]] = ctx.run_write(_reprocess_op(message_id, session.user.username))
     _wake(ctx, moved)
-    return {"message_id": message_id, "requeued": len(moved)}
+    result = {"message_id": message_id, "requeued": len(moved)}
+    if not moved:
+        result |= _run_again(ctx, session, [message_id]).get(message_id, {})
+    return result
 
 
 class ReprocessMany(BaseModel):
@@ -219,7 +227,25 @@ def reprocess_many(body: ReprocessMany, session: Analyst, ctx: Ctx) -> dict[str,
     ids = list(dict.fromkeys(body.ids))  # a repeated id is reprocessed once
     results, moved = ctx.run_write(_reprocess_many_op(ids, session.user.username))
     _wake(ctx, moved)
+    idle = [r["message_id"] for r in results if r["requeued"] == 0 and r["error"] is None]
+    again = _run_again(ctx, session, idle)
+    for entry in results:
+        entry.update(again.get(entry["message_id"], {}))
     return {"results": results}
+
+
+def _run_again(ctx: AdminContext, session: Session, ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Messages that failed in the channel itself (nothing to requeue) run through it again."""
+    answers: dict[int, dict[str, Any]] = {}
+    for message_id, outcome in resubmit_unqueued(ctx, session.user.username, ids).items():
+        answer: dict[str, Any] = {"resubmitted_as": outcome.message_id, "status": outcome.status}
+        if outcome.message_id is None:
+            answer["error"] = outcome.error  # it could not be run (channel not running)
+        elif outcome.error is not None:
+            # It ran, and the channel failed it again: a result, not a failed request.
+            answer["resubmit_error"] = outcome.error
+        answers[message_id] = answer
+    return answers
 
 
 def _reprocess_many_op(

@@ -40,6 +40,7 @@ __all__ = [
     "BenchRefusedError",
     "BenchResult",
     "TestBench",
+    "as_sent",
     "check_template_name",
     "list_templates",
     "load_channel_text",
@@ -220,11 +221,7 @@ class TestBench:
 
     def message_bytes(self, text: str) -> bytes:
         """Pasted text as the bytes a sender would send (HL7: in its MSH-18 charset)."""
-        if self.channel.file.inbound.data_type != "hl7v2":
-            return text.encode("utf-8")
-        # Separators (CR, LF, CRLF) are normalized by the HL7 reader itself.
-        header = best_effort_header(text.encode("utf-8", errors="replace"))
-        return encode(text, header, self.channel.file.inbound.default_charset)
+        return as_sent(text, self.channel)
 
     def run(self, raw: bytes) -> BenchResult:
         """Dry-run one message through every step."""
@@ -335,3 +332,16 @@ def _check_filters(channel: Channel, env: TemplateEnvironment, text: str) -> Non
             dotted = ".".join(str(part) for part in where)
             error = ChannelFileError(file_name, line, dotted, str(exc))
             raise ChannelValidationError([error]) from exc
+
+
+def as_sent(text: str, channel: Channel) -> bytes:
+    """Message text (pasted, or a stored message's decoded raw) as its sender's bytes.
+
+    HL7 is encoded in the charset its MSH-18 declares, so the channel reads it
+    exactly as it read the original; other content is UTF-8.
+    """
+    if channel.file.inbound.data_type != "hl7v2":
+        return text.encode("utf-8")
+    # Separators (CR, LF, CRLF) are normalized by the HL7 reader itself.
+    header = best_effort_header(text.encode("utf-8", errors="replace"))
+    return encode(text, header, channel.file.inbound.default_charset)

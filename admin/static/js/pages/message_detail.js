@@ -69,7 +69,13 @@ export async function render(root, route, app) {
         const answer = await post(`/api/messages/${id}/reprocess`);
         const text = answer.requeued
           ? `Reprocessed: ${answer.requeued} queue entr${answer.requeued === 1 ? "y" : "ies"} requeued.`
-          : "Reprocessed: nothing to requeue (no sent or errored destination).";
+          : answer.resubmitted_as && answer.resubmit_error
+            ? `Reprocessed: run again as message #${answer.resubmitted_as}, which failed again: ${answer.resubmit_error}`
+            : answer.resubmitted_as
+            ? `Reprocessed: run again through the channel as message #${answer.resubmitted_as} (${answer.status || "already accepted earlier"}).`
+            : answer.error
+              ? `Not reprocessed: ${answer.error}`
+              : "Reprocessed: nothing to requeue (no sent or errored destination).";
         fill(result, h("p", { class: "notice notice-ok", text }));
         flash(text);
       } catch (error) {

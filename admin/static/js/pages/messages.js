@@ -57,7 +57,7 @@ async function reprocessMany(ids) {
   for (const id of ids) {
     try {
       const one = await post(`/api/messages/${id}/reprocess`);
-      results.push({ ...one, error: null });
+      results.push({ error: null, ...one });
     } catch (err) {
       results.push({ message_id: id, requeued: 0, error: describe(err) });
     }
@@ -68,7 +68,14 @@ async function reprocessMany(ids) {
 function summary(results) {
   const failed = results.filter((r) => r.error);
   const requeued = results.reduce((sum, r) => sum + (r.requeued || 0), 0);
-  const text = `Reprocessed ${results.length - failed.length} message(s): ${requeued} queue entr${requeued === 1 ? "y" : "ies"} requeued.`;
+  const rerun = results.filter((r) => r.resubmitted_as).length;
+  const again = rerun ? ` ${rerun} run again through the channel as new message(s).` : "";
+  let text = `Reprocessed ${results.length - failed.length} message(s): ${requeued} queue entr${requeued === 1 ? "y" : "ies"} requeued.${again}`;
+  const againFailed = results.filter((r) => r.resubmit_error);
+  const still = againFailed.length
+    ? ` Failed again: ${againFailed.map((r) => `#${r.message_id} as #${r.resubmitted_as} (${r.resubmit_error})`).join(", ")}.`
+    : "";
+  text += still;
   return failed.length ? `${text} Failed: ${failed.map((r) => `#${r.message_id} (${r.error})`).join(", ")}` : text;
 }
 
