@@ -257,6 +257,7 @@ class ChannelControl:
                 ai=destination.spec.ai,
                 engine=services.engine,
                 committer=services.committer,
+                claimer=services.claimer,
             )
             worker.start()
             workers.append(worker)

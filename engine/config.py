@@ -255,6 +255,25 @@ def validate_settings(values: dict[str, Any], source: str = "settings") -> HubSe
         raise ConfigError(f"{source}: {field}: {first['msg']}") from exc
 
 
+class ClusterSettings(_Strict):
+    """Several nodes on one PostgreSQL store (ignored on SQLite: one node)."""
+
+    node_id: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:-]+$",
+        description="unique per node; default: host name and process id. Set it to let a "
+        "restarted node take its own unfinished claims back at once",
+    )
+    lease_seconds: float = Field(
+        default=30,
+        ge=2,
+        le=3600,
+        description="how long a dead node's claimed queue entries wait before another node "
+        "delivers them",
+    )
+
+
 class HubSettings(_Strict):
     """Settings of one hub process (``meridian serve``)."""
 
@@ -276,6 +295,7 @@ class HubSettings(_Strict):
         default_factory=RetentionSettings, description="default: keep everything"
     )
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     def resolved_transforms_dir(self) -> Path:
         """The transforms folder in effect."""

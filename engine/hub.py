@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import Engine
@@ -20,12 +22,14 @@ from engine.config import Channel, HubSettings
 from engine.deid import Deidentifier
 from engine.leadership import JobLeadership
 from engine.mpps import MPPSStore
+from engine.periodic import PeriodicTask
 from engine.pipeline import ChannelRuntime
 from engine.reading_worklist import ReadingWorklist, Reprioritizer
 from engine.scheduler import HubScheduler
 from engine.services import Services
 from engine.store.db import open_engine
 from engine.store.group_commit import GroupCommitter
+from engine.store.queue_claims import QueueClaimer
 from engine.templating import TemplateEnvironment
 from engine.worklist import WorklistStore
 
@@ -51,6 +55,7 @@ class Hub:
         self._pool: ThreadPoolExecutor | None = None
         self.services: Services | None = None
         self._periodic: list[AITimeoutMonitor | Reprioritizer] = []
+        self._lease_keeper: PeriodicTask | None = None
         self.scheduler: HubScheduler | None = None
         #: One node runs the periodic jobs when several share a PostgreSQL store.
         self.leadership: JobLeadership | None = None
@@ -104,6 +109,7 @@ class Hub:
             deid=Deidentifier(self._engine),
             reading_worklist=ReadingWorklist(self._engine, settings.reading_worklist),
             mpps=mpps,
+            claimer=self._start_claims(self._engine),
         )
         self._pool = ThreadPoolExecutor(settings.pipeline_threads, thread_name_prefix="pipeline")
         self.control = ChannelControl(self.services, self._pool)
@@ -130,6 +136,23 @@ class Hub:
             self.mwl.bound_port,
             self._engine.dialect.name,
         )
+
+    def _start_claims(self, engine: Engine) -> QueueClaimer | None:
+        """On PostgreSQL, this node's queue claims and the task renewing their leases."""
+        if engine.dialect.name != "postgresql":
+            return None  # SQLite: one node, nothing to share
+        cluster = self.settings.cluster
+        node = cluster.node_id or f"{socket.gethostname()}-{os.getpid()}"[:64]
+        claimer = QueueClaimer(node, cluster.lease_seconds)
+
+        async def renew() -> None:
+            await asyncio.to_thread(claimer.renew, engine)
+
+        # A third of the lease: two renewals may fail (a slow store) before it runs out.
+        self._lease_keeper = PeriodicTask("queue-leases", cluster.lease_seconds / 3, renew)
+        self._lease_keeper.start()
+        log.info("queue claims as node %s (lease %.0fs)", node, cluster.lease_seconds)
+        return claimer
 
     def _start_periodic(self, services: Services) -> None:
         """AI timeouts and reading-worklist aging: background checks, never in a hot path."""
@@ -180,12 +203,24 @@ class Hub:
         """Stop taking messages and delivering; queued entries wait for the next start."""
         await self._control().stop(name)
 
+    async def _release_claims(self) -> None:
+        """A clean stop gives its claims back: the other nodes go on at once."""
+        if self._lease_keeper is not None:
+            await self._lease_keeper.stop()
+        services = self.services
+        if services is not None and services.claimer is not None:
+            try:
+                await asyncio.to_thread(services.claimer.release, services.engine)
+            except Exception as exc:  # the leases run out anyway
+                log.warning("could not release queue claims (%s)", type(exc).__name__)
+
     async def stop(self) -> None:
         """Stop listening, finish in-flight messages and deliveries, close the store."""
         if self.admin is not None:
             await self.admin.stop()
         if self.control is not None:
             await self.control.stop_all()
+        await self._release_claims()
         for job in self._periodic:
             await job.stop()
         if self.scheduler is not None:

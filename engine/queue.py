@@ -34,6 +34,7 @@ from engine.store.messages import (
     now,
     pending_entries,
 )
+from engine.store.queue_claims import QueueClaimer
 
 __all__ = ["DestinationWorker", "apply_op", "backoff_delay", "sent_op"]
 
@@ -64,6 +65,7 @@ class DestinationWorker:
         engine: Engine,
         ai: AIModelConfig | None = None,
         committer: GroupCommitter,
+        claimer: QueueClaimer | None = None,
     ) -> None:
         self.channel = channel
         self.destination = destination
@@ -72,6 +74,8 @@ class DestinationWorker:
         self._ai = ai
         self._engine = engine
         self._committer = committer
+        # Several nodes on one store: entries are claimed before delivery (None: one node).
+        self._claimer = claimer
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -112,8 +116,9 @@ class DestinationWorker:
 
     async def _drain_once(self) -> None:
         self._wake.clear()
+        fetch = self._claimer.claim_run if self._claimer is not None else pending_entries
         entries = await asyncio.to_thread(
-            pending_entries, self._engine, self.channel, self.destination, BATCH
+            fetch, self._engine, self.channel, self.destination, BATCH
         )
         if not entries:
             await self._sleep(IDLE_POLL_SECONDS)

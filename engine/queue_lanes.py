@@ -12,8 +12,10 @@ One dispatcher claims heads (:func:`~engine.store.messages.queue_heads`) for
 the free lanes; a lane that delivered a head goes on with the next entry of the
 same key (a cheap indexed read) for up to :data:`TURN` entries, then gives the
 key back so a long backlog of one key cannot keep a lane from the others.
-Claims are held in memory (one hub process); the heads query is the SQL shape a
-claim with ``FOR UPDATE SKIP LOCKED`` across nodes needs.
+On one node the claims are held in memory; with several nodes on one
+PostgreSQL store they are also claimed in the store
+(:mod:`engine.store.queue_claims`, ``FOR UPDATE SKIP LOCKED`` with leases), so a
+key is delivered by one lane of one node at a time.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from engine.errors import EngineError, RecoverableError, StoreError
 from engine.queue import IDLE_POLL_SECONDS, DestinationWorker, apply_op, sent_op
 from engine.store.group_commit import GroupCommitter
 from engine.store.messages import QueueEntry, key_head, now, queue_heads
+from engine.store.queue_claims import QueueClaimer
 
 __all__ = ["KeyedDestinationWorker", "new_worker"]
 
@@ -50,6 +53,7 @@ def new_worker(
     engine: Engine,
     ai: AIModelConfig | None,
     committer: GroupCommitter,
+    claimer: QueueClaimer | None = None,
 ) -> DestinationWorker:
     """The worker for a destination's ``queue`` settings (one lane: strict arrival order).
 
@@ -67,6 +71,7 @@ def new_worker(
             engine=engine,
             ai=ai,
             committer=committer,
+            claimer=claimer,
         )
     return KeyedDestinationWorker(
         channel,
@@ -76,6 +81,7 @@ def new_worker(
         engine=engine,
         ai=ai,
         committer=committer,
+        claimer=claimer,
     )
 
 
@@ -134,9 +140,10 @@ class KeyedDestinationWorker(DestinationWorker):
         if free <= 0:
             return IDLE_POLL_SECONDS  # a lane that finishes wakes us
         held = set(self._busy)
-        heads = await asyncio.to_thread(
-            queue_heads, self._engine, self.channel, self.destination, free + len(held)
-        )
+        fetch = self._claimer.claim_heads if self._claimer is not None else queue_heads
+        # Heads of keys our lanes hold come back too (a claim of ours is ours): skipped below.
+        limit = free + len(held)
+        heads = await asyncio.to_thread(fetch, self._engine, self.channel, self.destination, limit)
         # A key released while the query ran may show its just-delivered head: skip
         # every key held before or after the query (it comes back next round).
         held |= self._busy
@@ -192,8 +199,9 @@ class KeyedDestinationWorker(DestinationWorker):
                 return
             if not await self._deliver(connector, current):
                 return  # a retry is scheduled: the key waits for it
+            fetch = self._claimer.claim_key_head if self._claimer is not None else key_head
             current = await asyncio.to_thread(
-                key_head, self._engine, self.channel, self.destination, entry.order_key
+                fetch, self._engine, self.channel, self.destination, entry.order_key
             )
 
     async def _deliver(

@@ -14,6 +14,7 @@ from engine.config import AIModelConfig, HubSettings
 from engine.deid import Deidentifier
 from engine.reading_worklist import ReadingWorklist
 from engine.store.group_commit import GroupCommitter
+from engine.store.queue_claims import QueueClaimer
 from engine.templating import TemplateEnvironment
 from engine.worklist import WorklistStore
 
@@ -34,6 +35,8 @@ class Services:
     deid: Deidentifier
     reading_worklist: ReadingWorklist
     mpps: MPPSService
+    #: Queue claims of this node when several nodes share the store (None: SQLite, one node).
+    claimer: QueueClaimer | None = None
     #: Deployed channels by name (filled by the hub), for ``type: channel`` forwarding.
     channels: dict[str, Any] = field(default_factory=dict)
     #: AI models by name (from every destination's ``ai:`` block), for their modes.

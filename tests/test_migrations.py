@@ -13,12 +13,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, insert, inspect, select, text
 
 from engine.cli import main
 from engine.errors import StoreError
+from engine.store import migrate
 from engine.store.db import open_engine
 from engine.store.migrate import (
     BASELINE,
@@ -42,11 +45,22 @@ def _diffs(engine: Engine) -> list[object]:
 
 
 def _legacy_store(url: str) -> Engine:
-    """A store as the pre-migration hub left it: ``metadata.create_all``, no history."""
+    """A store as the pre-migration hub left it: the baseline's tables, no history.
+
+    (The pre-migration hub's ``create_all`` made exactly the baseline revision's
+    schema; the baseline is built and its history row dropped.)
+    """
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url)
-    full_metadata().create_all(engine)
+    with engine.begin() as conn:
+        config = Config()
+        config.set_main_option(
+            "script_location", str(Path(migrate.__file__).with_name("migrations"))
+        )
+        config.attributes["connection"] = conn
+        command.upgrade(config, BASELINE)
+        conn.execute(text("DROP TABLE alembic_version"))
     return engine
 
 
@@ -122,7 +136,7 @@ def test_a_create_all_store_missing_a_later_table_gets_it_and_is_adopted(url: st
 
     engine = open_engine(url)
     try:
-        assert current_revision(engine) == BASELINE
+        assert current_revision(engine) == head_revision()
         assert _diffs(engine) == []
     finally:
         engine.dispose()

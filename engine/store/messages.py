@@ -20,12 +20,14 @@ from engine.states import MessageStatus
 from engine.store.tables import duplicate_keys, messages, queue_entries
 
 __all__ = [
+    "ENTRY_COLUMNS",
     "ORDER_KEY_LENGTH",
     "InboundRecord",
     "InsertResult",
     "QueueEntry",
     "QueueHeads",
     "QueueItem",
+    "aware",
     "content_hash",
     "insert_inbound",
     "key_head",
@@ -36,6 +38,8 @@ __all__ = [
     "order_key_value",
     "pending_entries",
     "queue_heads",
+    "queued_in",
+    "read_entry",
 ]
 
 ORDER_KEY_LENGTH = 200  # the width of queue_entries.order_key
@@ -116,6 +120,8 @@ class QueueEntry:
     attempts: int
     next_attempt_at: datetime
     order_key: str | None = None
+    #: The node that claimed it (several nodes on one store), None on a single node.
+    claimed_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,13 +225,13 @@ def _queue_row(channel: str, message_id: int, item: QueueItem, stamp: datetime) 
 def pending_entries(engine: Engine, channel: str, destination: str, limit: int) -> list[QueueEntry]:
     """The oldest queued entries of one destination, in arrival order (head first)."""
     query = (
-        select(*_ENTRY_COLUMNS)
-        .where(*_queued(channel, destination))
+        select(*ENTRY_COLUMNS)
+        .where(*queued_in(channel, destination))
         .order_by(queue_entries.c.id)
         .limit(limit)
     )
     with engine.connect() as conn:
-        return [_entry(row) for row in conn.execute(query)]
+        return [read_entry(row) for row in conn.execute(query)]
 
 
 def queue_heads(engine: Engine, channel: str, destination: str, limit: int) -> QueueHeads:
@@ -238,13 +244,13 @@ def queue_heads(engine: Engine, channel: str, destination: str, limit: int) -> Q
     q = queue_entries.c
     heads = (
         select(func.min(q.id).label("id"))
-        .where(*_queued(channel, destination))
+        .where(*queued_in(channel, destination))
         .group_by(q.order_key)
         .subquery("heads")
     )
     current = now()
     due_query = (
-        select(*_ENTRY_COLUMNS)
+        select(*ENTRY_COLUMNS)
         .join_from(queue_entries, heads, heads.c.id == q.id)
         .where(q.next_attempt_at <= current)
         .order_by(q.id)
@@ -256,9 +262,9 @@ def queue_heads(engine: Engine, channel: str, destination: str, limit: int) -> Q
         .where(q.next_attempt_at > current)
     )
     with engine.connect() as conn:
-        due = [_entry(row) for row in conn.execute(due_query)]
+        due = [read_entry(row) for row in conn.execute(due_query)]
         later = conn.execute(later_query).scalar_one_or_none()
-    return QueueHeads(due, _aware(later) if later is not None else None)
+    return QueueHeads(due, aware(later) if later is not None else None)
 
 
 def key_head(
@@ -268,17 +274,17 @@ def key_head(
     q = queue_entries.c
     same_key = q.order_key.is_(None) if order_key is None else q.order_key == order_key
     query = (
-        select(*_ENTRY_COLUMNS)
-        .where(*_queued(channel, destination), same_key)
+        select(*ENTRY_COLUMNS)
+        .where(*queued_in(channel, destination), same_key)
         .order_by(q.id)
         .limit(1)
     )
     with engine.connect() as conn:
         row = conn.execute(query).first()
-    return _entry(row) if row is not None else None
+    return read_entry(row) if row is not None else None
 
 
-_ENTRY_COLUMNS = (
+ENTRY_COLUMNS = (
     queue_entries.c.id,
     queue_entries.c.message_id,
     queue_entries.c.payload,
@@ -288,7 +294,8 @@ _ENTRY_COLUMNS = (
 )
 
 
-def _queued(channel: str, destination: str) -> tuple[ColumnElement[bool], ...]:
+def queued_in(channel: str, destination: str) -> tuple[ColumnElement[bool], ...]:
+    """The WHERE clauses of one destination's QUEUED entries."""
     return (
         queue_entries.c.channel == channel,
         queue_entries.c.destination == destination,
@@ -296,18 +303,21 @@ def _queued(channel: str, destination: str) -> tuple[ColumnElement[bool], ...]:
     )
 
 
-def _entry(row: Any) -> QueueEntry:
+def read_entry(row: Any) -> QueueEntry:
+    """A :class:`QueueEntry` from a row with :data:`ENTRY_COLUMNS` (and maybe ``claimed_by``)."""
     return QueueEntry(
         id=row.id,
         message_id=row.message_id,
         payload=row.payload,
         attempts=row.attempts,
-        next_attempt_at=_aware(row.next_attempt_at),
+        next_attempt_at=aware(row.next_attempt_at),
         order_key=row.order_key,
+        claimed_by=getattr(row, "claimed_by", None),
     )
 
 
-def _aware(value: datetime) -> datetime:
+def aware(value: datetime) -> datetime:
+    """``value`` as timezone-aware UTC."""
     # SQLite returns naive datetimes; everything we store is UTC.
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
@@ -323,22 +333,42 @@ def mark_error(conn: Connection, entry: QueueEntry, error: str) -> None:
 
 
 def mark_retry(conn: Connection, entry: QueueEntry, next_attempt_at: datetime, error: str) -> None:
-    """Keep an entry QUEUED with one more attempt counted and its next attempt time."""
-    _update_queued(conn, entry, next_attempt_at=next_attempt_at, error=error, updated_at=now())
+    """Keep an entry QUEUED with one more attempt counted and its next attempt time.
+
+    The claim is given back: when it is due, any node may try it (still the head).
+    """
+    _update_queued(
+        conn,
+        entry,
+        next_attempt_at=next_attempt_at,
+        error=error,
+        updated_at=now(),
+        claimed_by=None,
+        lease_until=None,
+    )
 
 
 def _update_queued(conn: Connection, entry: QueueEntry, **values: Any) -> None:
-    """Update an entry that must still be QUEUED (moving it twice raises), counting an attempt."""
+    """Update an entry that must still be QUEUED (moving it twice raises), counting an attempt.
+
+    A claimed entry must still be claimed by the same node: a node whose lease ran
+    out while it delivered cannot mark what another node has taken over.
+    """
+    still_ours = (
+        queue_entries.c.claimed_by == entry.claimed_by if entry.claimed_by is not None else None
+    )
     result = conn.execute(
         update(queue_entries)
         .where(
             queue_entries.c.id == entry.id,
             queue_entries.c.status == MessageStatus.QUEUED.value,
+            *([still_ours] if still_ours is not None else []),
         )
         .values(attempts=queue_entries.c.attempts + 1, **values)
     )
     if result.rowcount != 1:
-        raise IllegalTransition(f"queue entry {entry.id} is no longer QUEUED")
+        held = f" or no longer claimed by {entry.claimed_by}" if entry.claimed_by else ""
+        raise IllegalTransition(f"queue entry {entry.id} is no longer QUEUED{held}")
 
 
 def _move(

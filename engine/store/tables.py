@@ -63,10 +63,16 @@ queue_entries = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("response", Text),
     Column("error", Text),
+    # Several nodes on one store: the node delivering a QUEUED entry and until when
+    # its claim holds (renewed while it lives; expired, another node takes over).
+    # NULL on a single node and on entries no node holds (engine.store.queue_claims).
+    Column("claimed_by", String(64)),
+    Column("lease_until", DateTime(timezone=True)),
     Index("ix_queue_pending", "channel", "destination", "status", "id"),
     # The head of each key (oldest QUEUED entry), for parallel delivery lanes.
     Index("ix_queue_key_head", "channel", "destination", "status", "order_key", "id"),
     Index("ix_queue_message", "message_id"),
+    Index("ix_queue_claimed_by", "claimed_by"),
 )
 
 # A resent message (same channel, sender, MSH-10 and content) is answered with
