@@ -70,9 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     from ainode.cli import add_arguments as add_ai_node_arguments
     from engine.cli_db import add_db_command
     from engine.cli_reports import add_report_commands
+    from engine.demo import add_demo_command
 
     add_report_commands(sub)
     add_db_command(sub)
+    add_demo_command(sub)
 
     add_ai_node_arguments(sub.add_parser("ai-node", help="run the reference AI node (CT head)"))
 
