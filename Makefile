@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check bench clean
+.PHONY: run test lint typecheck check bench clean demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/meridian serve --config meridian.yaml --channels channels --data var
+
+demo: $(STAMP)
+	$(BIN)/meridian demo
 
 check: $(STAMP)
 	$(BIN)/meridian check --channels channels
