@@ -44,6 +44,7 @@ from connectors.dicom_mwl import AETitle
 from engine.archive import Archive, ChannelPolicy, Stored
 from engine.dicom_instance import InstanceHeader, file_head, read_instance
 from engine.errors import ConfigError, MessageError, ParseError, StoreError
+from engine.leadership import JobLeadership
 from engine.study_assembly import Dispatch, StudyAssembler
 from engine.study_batch import StudyBatch
 
@@ -269,6 +270,9 @@ class IngestServices(Protocol):
     @property
     def archive(self) -> Archive: ...
 
+    @property
+    def leadership(self) -> JobLeadership | None: ...
+
 
 AssemblerFactory = Callable[[Archive, str, float, Dispatch], StudyAssembler]
 
@@ -309,7 +313,10 @@ class DicomSource:
         cls, config: DicomSourceConfig, services: IngestServices, *, channel: str
     ) -> DicomSource:
         """Build from the hub's services (``services.storage``, ``services.archive``)."""
-        return cls(config, channel=channel, storage=services.storage, archive=services.archive)
+        source = cls(config, channel=channel, storage=services.storage, archive=services.archive)
+        # Several nodes on one store: only the leader closes and dispatches studies.
+        source._assembler.leadership = services.leadership
+        return source
 
     async def start(self, handler: InboundHandler) -> None:
         """Accept C-STOREs and start assembling (batches a previous run left go first).

@@ -98,6 +98,7 @@ class Hub:
             MPPSStore(self._engine, worklist), self._committer, uid_root=settings.uid_root
         )
         self.mwl.listener.add_service(mpps)
+        self.leadership = JobLeadership(self._engine)
         self.services = Services(
             settings=settings,
             engine=self._engine,
@@ -110,12 +111,12 @@ class Hub:
             reading_worklist=ReadingWorklist(self._engine, settings.reading_worklist),
             mpps=mpps,
             claimer=self._start_claims(self._engine),
+            leadership=self.leadership,
         )
         self._pool = ThreadPoolExecutor(settings.pipeline_threads, thread_name_prefix="pipeline")
         self.control = ChannelControl(self.services, self._pool)
         await self.control.deploy_all(self._initial)
         await asyncio.to_thread(self.mwl.start)
-        self.leadership = JobLeadership(self._engine)
         self._start_periodic(self.services)
         # Retention and alert checks (APScheduler); the channels are read at each run.
         self.scheduler = HubScheduler(

@@ -12,6 +12,7 @@ from connectors.dicom_store import StorageService
 from engine.archive import Archive
 from engine.config import AIModelConfig, HubSettings
 from engine.deid import Deidentifier
+from engine.leadership import JobLeadership
 from engine.reading_worklist import ReadingWorklist
 from engine.store.group_commit import GroupCommitter
 from engine.store.queue_claims import QueueClaimer
@@ -35,6 +36,8 @@ class Services:
     deid: Deidentifier
     reading_worklist: ReadingWorklist
     mpps: MPPSService
+    #: Leadership of the hub's cluster-wide jobs and study assembly (always leads on SQLite).
+    leadership: JobLeadership | None = None
     #: Queue claims of this node when several nodes share the store (None: SQLite, one node).
     claimer: QueueClaimer | None = None
     #: Deployed channels by name (filled by the hub), for ``type: channel`` forwarding.

@@ -8,6 +8,11 @@ it closes quiet units, then hands every completed, not yet dispatched batch
 to ``dispatch`` (oldest first) and marks it dispatched only after
 ``dispatch`` returned. A crash in between dispatches the batch again on
 restart; the engine de-duplicates on content.
+
+Several nodes on one PostgreSQL store each receive images into the shared
+archive (its folder must be shared storage); only the node that leads
+(:mod:`engine.leadership`) closes units and dispatches them, so a study is
+dispatched once however its images were spread over the nodes.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 from pydicom import dcmread
 
 from engine.archive import Archive, PendingUnit
+from engine.leadership import JobLeadership
 from engine.study_batch import METADATA_KEYWORDS, StudyBatch, metadata_text
 
 __all__ = ["METADATA_KEYWORDS", "Dispatch", "StudyAssembler", "read_metadata"]
@@ -65,6 +71,8 @@ class StudyAssembler:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.dispatched = 0
+        #: Set before start() when nodes share the store: polls run only while this node leads.
+        self.leadership: JobLeadership | None = None
 
     async def start(self) -> None:
         """Start polling; batches left undispatched by a previous run go first."""
@@ -83,7 +91,8 @@ class StudyAssembler:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                await self.run_once()
+                if self.leadership is None or await self.leadership.is_leader():
+                    await self.run_once()
                 self._backoff = 0.0
             except Exception as exc:
                 # Keep the type and our message only: a dispatch error may quote content.

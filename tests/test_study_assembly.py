@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy import Engine
 
 import engine.archive_tables  # noqa: F401 - registers the archive tables
 from engine.archive import Archive, ChannelPolicy
@@ -270,3 +271,59 @@ def test_failed_dispatch_is_retried_with_backoff(archive: Archive) -> None:
 def test_quiet_period_must_be_positive(archive: Archive) -> None:
     with pytest.raises(ValueError, match="positive"):
         StudyAssembler(archive, CHANNEL, 0, Collector())
+
+
+# -- several nodes on one store ---------------------------------------------------------
+
+
+async def assemble_on(
+    nodes: list[Archive], stores: list[Engine], collectors: list[Collector]
+) -> None:
+    """Run one assembler per node, each with its node's leadership, until a dispatch."""
+    from engine.leadership import JobLeadership
+
+    assemblers = [
+        StudyAssembler(node, CHANNEL, 0.3, collector, poll_interval=0.05)
+        for node, collector in zip(nodes, collectors, strict=True)
+    ]
+    leaderships = [JobLeadership(pool) for pool in stores]
+    for assembler, leadership in zip(assemblers, leaderships, strict=True):
+        assembler.leadership = leadership
+        await assembler.start()
+    deadline = time.monotonic() + 20
+    while sum(len(c.batches) for c in collectors) == 0:
+        assert time.monotonic() < deadline, "the study was never dispatched"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # time for a second, wrong dispatch to show up
+    for assembler in assemblers:
+        await assembler.stop()
+    for leadership in leaderships:
+        await leadership.release()
+
+
+def test_two_nodes_on_one_store_dispatch_a_study_split_between_them_once(
+    tmp_path: Path,
+) -> None:
+    """Images of one study arrive at two nodes (shared archive folder, one PostgreSQL
+    store); both run an assembler, and the study is dispatched once, by the leader."""
+    for url in store_url("postgresql", tmp_path):
+        stores = [open_engine(url), open_engine(url)]
+        committers = [GroupCommitter(pool) for pool in stores]
+        for committer in committers:
+            committer.start()
+        nodes = [
+            Archive(tmp_path / "shared-archive", pool, committer)
+            for pool, committer in zip(stores, committers, strict=True)
+        ]
+        study, series = uids(2)
+        for number in range(1, 7):
+            store(nodes[number % 2], study, series, number)
+        collectors = [Collector(), Collector()]
+        asyncio.run(assemble_on(nodes, stores, collectors))
+        batches = [batch for collector in collectors for batch in collector.batches]
+        assert len(batches) == 1
+        assert len(batches[0].instances) == 6, "the images of both nodes, in one batch"
+        for committer in committers:
+            committer.stop()
+        for pool in stores:
+            pool.dispose()
