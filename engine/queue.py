@@ -100,6 +100,23 @@ class DestinationWorker:
         if self._task is not None:
             await self._task
         await self._connector.close()
+        await self._release_claims()
+
+    async def _release_claims(self) -> None:
+        """A stopped worker's claims go back, so the other nodes deliver them now."""
+        if self._claimer is None:
+            return
+        try:
+            await asyncio.to_thread(
+                self._claimer.release, self._engine, self.channel, self.destination
+            )
+        except Exception as exc:  # held until this worker starts again or the node stops
+            log.warning(
+                "%s/%s: could not give claims back (%s)",
+                self.channel,
+                self.destination,
+                type(exc).__name__,
+            )
 
     async def _run(self) -> None:
         while not self._stopping:

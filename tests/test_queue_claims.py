@@ -153,6 +153,25 @@ def test_a_head_not_due_is_returned_unclaimed_for_the_wait(store: Engine) -> Non
     assert heads.due == [] and heads.next_attempt_at == later
 
 
+def test_a_stopped_destination_gives_back_only_its_own_claims(store: Engine) -> None:
+    queue(store, ["p1"])
+    with store.begin() as conn:  # a second destination of the same message stream
+        record = InboundRecord(
+            channel=CHANNEL,
+            origin="test",
+            raw="other",
+            status=MessageStatus.QUEUED,
+            queue=[QueueItem("pacs", "other payload", "p1")],
+        )
+        insert_inbound(record, duplicate_control=False)(conn)
+    a, b = QueueClaimer("node-a", 30), QueueClaimer("node-b", 30)
+    assert len(a.claim_run(store, CHANNEL, DESTINATION, 10)) == 1
+    assert len(a.claim_run(store, CHANNEL, "pacs", 10)) == 1
+    assert a.release(store, CHANNEL, DESTINATION) == 1
+    assert len(b.claim_run(store, CHANNEL, DESTINATION, 10)) == 1
+    assert b.claim_run(store, CHANNEL, "pacs", 10) == [], "still node-a's"
+
+
 @pytest.mark.parametrize("mode", ["keyed", "run"])
 def test_three_racing_nodes_deliver_each_entry_once_in_order_per_key(
     pg_url: str, store: Engine, mode: str

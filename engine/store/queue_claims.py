@@ -132,13 +132,19 @@ class QueueClaimer:
             )
         return int(result.rowcount)
 
-    def release(self, engine: Engine) -> int:
-        """Give back every entry this node holds (a clean stop): others take them at once."""
+    def release(
+        self, engine: Engine, channel: str | None = None, destination: str | None = None
+    ) -> int:
+        """Give back the entries this node holds (all, or one destination's): a clean stop.
+
+        The other nodes take them at once instead of waiting for the leases to run out.
+        """
+        where = [_q.claimed_by == self.node, _q.status == MessageStatus.QUEUED.value]
+        if channel is not None and destination is not None:
+            where += [_q.channel == channel, _q.destination == destination]
         with engine.begin() as conn:
             result = conn.execute(
-                update(queue_entries)
-                .where(_q.claimed_by == self.node, _q.status == MessageStatus.QUEUED.value)
-                .values(claimed_by=None, lease_until=None)
+                update(queue_entries).where(*where).values(claimed_by=None, lease_until=None)
             )
         return int(result.rowcount)
 
