@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ai_latency.py [--studies 50] [--quiet 2] [--slices 10]
                                          [--results-quiet 0.5] [--ai-quiet 0.5]
-                                         [--gap SECONDS] [--pacs] [--keep]
+                                         [--gap SECONDS] [--pacs] [--keep] [--json PATH]
 
 Everything is a real process on localhost, as in tests/test_e2e_ai.py: the hub
 (``meridian serve`` with the shipped channels), the reference AI node
@@ -40,7 +40,8 @@ run (every timestamp is UTC from the hub's clock):
     one, since the quiet period is configuration, not processing.
 
 p50/p99 are nearest-rank (the ceil(q·n)-th smallest value): below 100 studies,
-p99 is the maximum.
+p99 is the maximum. ``--json PATH`` also writes one row per span (no anchor:
+nothing else does this job) for ``bench/run_all.py`` (bench/rows.py).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.rows import Output, Row, write_json  # noqa: E402
 from tests.support import mllp_client  # noqa: E402
 from tests.support.ct_head import BLOB, head_series  # noqa: E402
 from tests.support.dicom_files import write_dataset  # noqa: E402
@@ -330,8 +332,27 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
-def report(args: argparse.Namespace, figures: Figures, studies: int, seconds: float) -> None:
-    """Print the setup, the table and the verdicts."""
+def report_rows(figures: Figures) -> list[Row]:
+    """One JSON row per span, in milliseconds (sub-spans of dispatch marked in ``params``)."""
+    return [
+        Row(
+            case="per study",
+            server=name.strip(),
+            p50_ms=percentile(values, 0.5) * 1000,
+            p95_ms=percentile(values, 0.95) * 1000,
+            p99_ms=percentile(values, 0.99) * 1000,
+            count=len(values),
+            params={
+                "max ms": round(max(values) * 1000, 1),
+                **({"part of": "dispatch"} if name[0] == " " else {}),
+            },
+        )
+        for name, values in figures.series.items()
+    ]
+
+
+def report(args: argparse.Namespace, figures: Figures, studies: int, seconds: float) -> list[str]:
+    """Print the setup, the table and the verdicts; returns the notes for the JSON output."""
     pacs = "Orthanc (both pacs destinations on)" if args.pacs else "disabled (both channels)"
     pacing = (
         "next study after the previous one's worklist update"
@@ -373,6 +394,15 @@ def report(args: argparse.Namespace, figures: Figures, studies: int, seconds: fl
     )
     retried = ", ".join(f"{name}: {n}" for name, n in figures.retried.items()) or "none"
     print(f"deliveries that needed more than one attempt: {retried}")
+    return [
+        f"{studies} CT heads ({args.slices} slices), {pacing}; images-to-ai quiet period "
+        f"{args.quiet:g} s, ai-results-to-triage quiet period {args.results_quiet:g} s, "
+        f"AI node quiet {args.ai_quiet:g} s; PACS {pacs}; run {seconds:.0f} s",
+        f"studies over the dispatch target: {over}/{studies}",
+        f"AI verdicts on the worklist matching the synthetic truth: "
+        f"{figures.critical_agree}/{studies}",
+        f"deliveries that needed more than one attempt: {retried}",
+    ]
 
 
 def main() -> None:
@@ -388,6 +418,7 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=None, help="send a study every GAP s")
     parser.add_argument("--pacs", action="store_true", help="forward to a started Orthanc")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (hub store)")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args()
     if args.studies < 1 or args.slices < 6:
         parser.error("--studies ≥ 1 and --slices ≥ 6 (the blob spans slices 4-6)")
@@ -402,7 +433,11 @@ def main() -> None:
             run_load(site, studies, args.gap)
             seconds = time.monotonic() - started
             figures = measure(site, studies)
-        report(args, figures, len(studies), seconds)
+        notes = report(args, figures, len(studies), seconds)
+        if args.json:
+            output = Output("ai_latency", "p99_ms", report_rows(figures), notes)
+            output.count_label = "studies"
+            write_json(args.json, output)
     finally:
         if args.keep:
             print(f"\nwork folder kept: {workdir} (hub store: hub/var/meridian.db)")

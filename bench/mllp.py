@@ -7,7 +7,9 @@ message, as an EHR does. The hub runs the shipped orders-to-worklist channel:
 decode, parse, filter, Jinja transform, validation, durable group commit
 (SQLite WAL, synchronous=FULL), then ACK; worklist delivery runs behind.
 
-Usage: .venv/bin/python bench/mllp.py [--messages 3000]
+Usage: .venv/bin/python bench/mllp.py [--messages 3000] [--json PATH]
+
+``--json PATH`` also writes the rows for ``bench/run_all.py`` (see bench/rows.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.rows import Output, Row, write_json  # noqa: E402
 from tests.support.hub_process import free_port, start_hub, wait_for_port  # noqa: E402
 from tests.support.orders import orm  # noqa: E402
 
@@ -50,6 +53,21 @@ class Run:
         """ACK latency at ``fraction`` (0..1), in milliseconds."""
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
+
+    def row(self, anchor: str | None) -> Row:
+        """This run as a report row (``anchor``: the server it is compared with)."""
+        plural = "s" if self.connections > 1 else ""
+        return Row(
+            case=f"{self.connections} connection{plural}",
+            server=self.server,
+            anchor=anchor,
+            throughput=self.rate,
+            unit="msg/s",
+            p50_ms=self.percentile(0.5),
+            p95_ms=self.percentile(0.95),
+            p99_ms=self.percentile(0.99),
+            count=self.messages,
+        )
 
 
 def build_messages(count: int, tag: str) -> list[bytes]:
@@ -100,6 +118,7 @@ def main() -> None:
     """Run both servers, print the table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args()
 
     port = free_port()
@@ -129,7 +148,17 @@ def main() -> None:
                 f"{run.server:<18}{run.connections:>6}{run.rate:>10.0f}"
                 f"{run.percentile(0.5):>9.2f}{run.percentile(0.99):>9.2f}{ratio:>8.2f}"
             )
-    print(f"mean ACK latency hub (8 conns): {statistics.mean(hub_runs[1].latencies) * 1000:.2f} ms")
+    mean_ms = statistics.mean(hub_runs[1].latencies) * 1000
+    print(f"mean ACK latency hub (8 conns): {mean_ms:.2f} ms")
+    if args.json:
+        rows = []
+        for base, ours in zip(base_runs, hub_runs, strict=True):
+            rows += [base.row(None), ours.row(base.server)]
+        notes = [
+            f"{args.messages} messages per run after a 200-message warm-up; "
+            f"mean ACK latency of the hub at 8 connections {mean_ms:.2f} ms"
+        ]
+        write_json(args.json, Output("mllp", "throughput", rows, notes, count_label="messages"))
 
 
 if __name__ == "__main__":

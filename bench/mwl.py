@@ -32,216 +32,40 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import multiprocessing.connection
-import random
 import shutil
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 from pynetdicom import AE
 from sqlalchemy import create_engine
 
-from connectors.dicom_mwl import MODALITY_WORKLIST_FIND, DicomListenerConfig, MWLServer
-from engine.worklist import WorklistStore, worklist_items
-from engine.worklist_item import WorklistItem
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SEED = 20240105
-CALLED_AE = "MERIDIAN"
+from bench.mwl_items import (
+    CALLED_AE,
+    load_store,
+    typical_queries,
+    write_wl_files,
+)
+from bench.rows import Output, Row, tool_version, write_json
+from connectors.dicom_mwl import MODALITY_WORKLIST_FIND, DicomListenerConfig, MWLServer
+from engine.worklist import WorklistStore
+
 CALLING_AE = "BENCHSCU"
 HOST = "127.0.0.1"
 
-# (modality, share of the daily volume, stations)
-MODALITIES = [
-    ("CT", 0.28, ["CT1", "CT2", "CT3", "CT4"]),
-    ("MR", 0.18, ["MR1", "MR2", "MR3"]),
-    ("CR", 0.22, ["CR1", "CR2", "CR3"]),
-    ("US", 0.16, ["US1", "US2", "US3", "US4"]),
-    ("MG", 0.08, ["MG1", "MG2"]),
-    ("NM", 0.08, ["NM1"]),
-]
-FAMILY = ["Smith", "Jones", "Garcia", "Müller", "Nguyen", "Kowalski", "Rossi", "Dubois",
-          "Larsen", "Yilmaz", "Brown", "Schäfer", "Novak", "Silva", "Martin", "Olsen"]  # fmt: skip
-GIVEN = ["Anna", "Ben", "Chloé", "David", "Emma", "Felix", "Grace", "Hugo", "Ines", "Jonas",
-         "Karin", "Liam", "Maria", "Noah", "Olga", "Paul", "René", "Sara"]  # fmt: skip
-
-
-# -- synthetic items ------------------------------------------------------------
-
-
-def synthetic_item(index: int, n: int, per_day: int, today: date) -> dict[str, Any]:
-    """Item ``index`` of ``n``: the same attributes every run (seeded by index)."""
-    rng = random.Random(SEED * 1_000_003 + index)
-    days = max(1, n // per_day)
-    ahead = min(7, days // 4)  # mostly history, up to a week scheduled ahead
-    day = today + timedelta(days=(index % days) - (days - 1 - ahead))
-    modality, stations = _pick_modality(rng)
-    minutes = 7 * 60 + rng.randrange(0, 12 * 60, 5)
-    patient = rng.randrange(max(1, n // 3))
-    return {
-        "PatientID": f"P{patient:07d}",
-        "PatientName": f"{FAMILY[patient % len(FAMILY)]}^{GIVEN[patient % len(GIVEN)]}",
-        "PatientBirthDate": f"{1930 + patient % 80}{1 + patient % 12:02d}{1 + patient % 28:02d}",
-        "PatientSex": "MF"[patient % 2],
-        "AccessionNumber": f"A{index:09d}",
-        "RequestedProcedureID": f"RP{index:08d}",
-        "RequestedProcedureDescription": f"{modality} examination",
-        "StudyInstanceUID": f"1.2.826.0.1.3680043.10.1434.{SEED}.{index}",
-        "ReferringPhysicianName": "Referrer^Rita",
-        "ScheduledProcedureStepSequence": [
-            {
-                "Modality": modality,
-                "ScheduledStationAETitle": rng.choice(stations),
-                "ScheduledProcedureStepStartDate": day.strftime("%Y%m%d"),
-                "ScheduledProcedureStepStartTime": f"{minutes // 60:02d}{minutes % 60:02d}00",
-                "ScheduledProcedureStepID": f"SPS{index:08d}",
-                "ScheduledProcedureStepDescription": f"{modality} examination",
-                "ScheduledPerformingPhysicianName": "Tech^Tom",
-            }
-        ],
-    }
-
-
-def _pick_modality(rng: random.Random) -> tuple[str, list[str]]:
-    roll = rng.random()
-    for modality, share, stations in MODALITIES:
-        if roll < share:
-            return modality, stations
-        roll -= share
-    return MODALITIES[-1][0], MODALITIES[-1][2]
-
-
-def typical_queries(count: int, n: int, today: date) -> list[Dataset]:
-    """What modalities ask all day: 40% modality+today, 30% station+today, 15% PID, 15% ACC."""
-    rng = random.Random(SEED)
-    day = today.strftime("%Y%m%d")
-    queries = []
-    for number in range(count):
-        kind = number % 20
-        if kind < 8:
-            queries.append(_query(step={"Modality": rng.choice(MODALITIES)[0]}, date_=day))
-        elif kind < 14:
-            station = rng.choice(rng.choice(MODALITIES)[2])
-            queries.append(_query(step={"ScheduledStationAETitle": station}, date_=day))
-        elif kind < 17:
-            queries.append(_query(PatientID=f"P{rng.randrange(max(1, n // 3)):07d}"))
-        else:
-            queries.append(_query(AccessionNumber=f"A{rng.randrange(n):09d}"))
-    return queries
-
-
-def _query(step: dict[str, str] | None = None, date_: str = "", **keys: str) -> Dataset:
-    """A modality's identifier: its matching keys plus the usual return keys."""
-    ds = Dataset()
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-                    "AccessionNumber", "RequestedProcedureID", "RequestedProcedureDescription",
-                    "StudyInstanceUID", "ReferringPhysicianName"):  # fmt: skip
-        setattr(ds, keyword, keys.get(keyword, ""))
-    item = Dataset()
-    for keyword in ("Modality", "ScheduledStationAETitle", "ScheduledProcedureStepStartTime",
-                    "ScheduledProcedureStepID", "ScheduledProcedureStepDescription",
-                    "ScheduledPerformingPhysicianName"):  # fmt: skip
-        setattr(item, keyword, (step or {}).get(keyword, ""))
-    item.ScheduledProcedureStepStartDate = date_
-    ds.ScheduledProcedureStepSequence = [item]
-    return ds
-
 
 # -- the two servers ------------------------------------------------------------
-
-
-def load_store(db: Path, n: int, per_day: int, today: date) -> float:
-    """Apply N create actions through WorklistStore.apply; returns the seconds taken."""
-    engine = create_engine(f"sqlite:///{db}")
-    worklist_items.create(engine)
-    store = WorklistStore(engine)
-    started = time.perf_counter()
-    for first in range(0, n, 5000):
-        with engine.begin() as conn:
-            for index in range(first, min(n, first + 5000)):
-                attributes = synthetic_item(index, n, per_day, today)
-                item = WorklistItem(action="create", key=f"ORD{index}", attributes=attributes)
-                store.apply(conn, item)
-    engine.dispose()
-    return time.perf_counter() - started
-
-
-def _element(tag: int, vr: str, value: str) -> bytes:
-    """One explicit VR little endian element with a 2-byte length (text VRs only)."""
-    raw = value.encode("latin-1")  # every synthetic value fits ISO_IR 100
-    if len(raw) % 2:
-        raw += b"\0" if vr == "UI" else b" "
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(raw)) + raw
-
-
-def _tag(keyword: str) -> int:
-    tag = tag_for_keyword(keyword)
-    if tag is None:
-        raise KeyError(keyword)
-    return tag
-
-
-def _encode(attributes: dict[str, Any]) -> bytes:
-    """A dataset (text values and sequences) as explicit VR little endian bytes.
-
-    Hand-rolled because pydicom's writer made 100k files take minutes; the
-    result is checked by wlmscpfs answering with the same matches as Meridian.
-    """
-    encoded = b""
-    for tag, keyword in sorted((_tag(k), k) for k in attributes):
-        value = attributes[keyword]
-        if dictionary_VR(keyword) != "SQ":
-            encoded += _element(tag, dictionary_VR(keyword), value)
-            continue
-        items = b"".join(
-            struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
-            + _encode(item)
-            + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
-            for item in value
-        )
-        encoded += struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, b"SQ", 0, 0xFFFFFFFF)
-        encoded += items + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
-    return encoded
-
-
-def _file_meta(instance_uid: str) -> bytes:
-    group = (
-        struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2)
-        + b"\x00\x01"
-        + _element(0x00020002, "UI", MODALITY_WORKLIST_FIND)
-        + _element(0x00020003, "UI", instance_uid)
-        + _element(0x00020010, "UI", ExplicitVRLittleEndian)
-        + _element(0x00020012, "UI", PYDICOM_IMPLEMENTATION_UID)
-    )
-    length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(group))
-    return b"\0" * 128 + b"DICM" + length + group
-
-
-def write_wl_files(root: Path, n: int, per_day: int, today: date) -> float:
-    """The same items as wlmscpfs data files (``root/<called AE>/*.wl`` and a lockfile)."""
-    folder = root / CALLED_AE
-    folder.mkdir(parents=True)
-    (folder / "lockfile").touch()
-    started = time.perf_counter()
-    for index in range(n):
-        attributes = {
-            "SpecificCharacterSet": "ISO_IR 100",
-            **synthetic_item(index, n, per_day, today),
-        }
-        instance_uid = f"{attributes['StudyInstanceUID']}.1"
-        (folder / f"item{index:07d}.wl").write_bytes(_file_meta(instance_uid) + _encode(attributes))
-    return time.perf_counter() - started
 
 
 def _serve_meridian(db: Path, conn: multiprocessing.connection.Connection) -> None:
@@ -377,19 +201,38 @@ def measure(port: int, queries: list[Dataset], persistent: bool, budget: float) 
 
 # -- the run --------------------------------------------------------------------
 
+MODES = {"per-query": "association per query", "persistent": "persistent association"}
+KINDS = {
+    "modality/station + today": "meridian, day's list (modality/station + today)",
+    "patient ID / accession": "meridian, one order (patient ID / accession)",
+}
 
-def bench_size(n: int, args: argparse.Namespace, today: date) -> list[str]:
-    """Build both servers for N items, measure, and return the table rows."""
-    rows = []
+
+@dataclass
+class Measured:
+    """Both servers' runs for one N and mode."""
+
+    n: int
+    mode: str
+    ours: Run
+    theirs: Run
+
+
+def bench_size(n: int, args: argparse.Namespace, today: date) -> list[Measured]:
+    """Build both servers for N items and measure both modes."""
+    measured = []
     with tempfile.TemporaryDirectory(prefix=f"mwl-bench-{n}-") as tmp:
         work = Path(tmp)
-        loaded = load_store(work / "worklist.db", n, args.per_day, today)
-        written = write_wl_files(work / "wlistdb", n, args.per_day, today)
-        print(
-            f"N={n}: store load {loaded:.1f}s, .wl files {written:.1f}s",
-            file=sys.stderr,
-            flush=True,
+        # The .wl files are written by a child while this process loads the store (2 cores).
+        writer = multiprocessing.get_context("fork").Process(
+            target=write_wl_files, args=(work / "wlistdb", n, args.per_day, today)
         )
+        writer.start()
+        loaded = load_store(work / "worklist.db", n, args.per_day, today)
+        writer.join()
+        if writer.exitcode != 0:
+            raise RuntimeError(f"writing the .wl files failed (exit code {writer.exitcode})")
+        print(f"N={n}: store loaded in {loaded:.1f}s", file=sys.stderr, flush=True)
         queries = typical_queries(args.queries, n, today)
         meridian = Meridian.start(work / "worklist.db")
         dcmtk, dcmtk_port = start_wlmscpfs(work / "wlistdb")
@@ -399,13 +242,12 @@ def bench_size(n: int, args: argparse.Namespace, today: date) -> list[str]:
                 ours = measure(meridian.port, queries, persistent, budget=float("inf"))
                 theirs = measure(dcmtk_port, queries, persistent, budget=args.dcmtk_budget)
                 _check_same_matches(ours, theirs, n, mode)
-                rows.append(_row(n, mode, ours, theirs))
-                rows.extend(_by_kind(n, mode, ours))
+                measured.append(Measured(n, mode, ours, theirs))
         finally:
             meridian.stop()
             dcmtk.terminate()
             dcmtk.wait(10)
-    return rows
+    return measured
 
 
 def _check_same_matches(ours: Run, theirs: Run, n: int, mode: str) -> None:
@@ -419,14 +261,18 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:9.1f}"
 
 
-def _row(n: int, mode: str, ours: Run, theirs: Run) -> str:
-    # Same queries on both sides: wlmscpfs may have run only the first ones.
-    ratio = theirs.percentile(50) / ours.head(len(theirs.latencies)).percentile(50)
+def _ratio(m: Measured) -> float:
+    """wlmscpfs p50 ÷ Meridian p50 over the same queries (wlmscpfs may have run only the first)."""
+    return m.theirs.percentile(50) / m.ours.head(len(m.theirs.latencies)).percentile(50)
+
+
+def _row(m: Measured) -> str:
+    ours, theirs = m.ours, m.theirs
     matches = statistics.mean(ours.counts)
     return (
-        f"{n:>7} {mode:<10} {len(ours.latencies):>4} {_ms(ours.percentile(50))} "
+        f"{m.n:>7} {m.mode:<10} {len(ours.latencies):>4} {_ms(ours.percentile(50))} "
         f"{_ms(ours.percentile(99))} {len(theirs.latencies):>4} {_ms(theirs.percentile(50))} "
-        f"{_ms(theirs.percentile(99))} {ratio:>8.1f}x {matches:>7.1f}"
+        f"{_ms(theirs.percentile(99))} {_ratio(m):>8.1f}x {matches:>7.1f}"
     )
 
 
@@ -438,22 +284,51 @@ def _query_kind(index: int) -> str:
     return "patient ID / accession"
 
 
-def _by_kind(n: int, mode: str, ours: Run) -> list[str]:
-    """Meridian's p50/p99 per kind of query: a list of the day vs one order."""
-    rows = []
-    for kind in ("modality/station + today", "patient ID / accession"):
+def _kinds(ours: Run) -> Iterator[tuple[str, Run]]:
+    """Meridian's run split by kind of query: a list of the day vs one order."""
+    for kind in KINDS:
         picked = [i for i in range(len(ours.latencies)) if _query_kind(i) == kind]
-        part = Run([ours.latencies[i] for i in picked], [ours.counts[i] for i in picked])
-        rows.append(
-            f"{'':>7} {'':<10} {len(picked):>4} {_ms(part.percentile(50))} "
-            f"{_ms(part.percentile(99))}   <- {kind}, {statistics.mean(part.counts):.1f} matches"
-        )
-    return rows
+        yield kind, Run([ours.latencies[i] for i in picked], [ours.counts[i] for i in picked])
+
+
+def _by_kind(m: Measured) -> list[str]:
+    """Meridian's p50/p99 per kind of query."""
+    return [
+        f"{'':>7} {'':<10} {len(part.latencies):>4} {_ms(part.percentile(50))} "
+        f"{_ms(part.percentile(99))}   <- {kind}, {statistics.mean(part.counts):.1f} matches"
+        for kind, part in _kinds(m.ours)
+    ]
 
 
 def _header() -> Iterator[str]:
     yield "                      ---- Meridian MWLServer ---  --------- wlmscpfs --------"
     yield "      N mode          qry   p50 ms    p99 ms  qry   p50 ms    p99 ms  p50 ratio matches"
+
+
+def _report_row(m: Measured, server: str, run: Run, anchor: str | None = None) -> Row:
+    return Row(
+        case=f"{m.n:,} items, {MODES[m.mode]}",
+        server=server,
+        anchor=anchor,
+        p50_ms=run.percentile(50) * 1000,
+        p95_ms=run.percentile(95) * 1000,
+        p99_ms=run.percentile(99) * 1000,
+        count=len(run.latencies),
+        params={"matches": round(statistics.mean(run.counts), 1)},
+    )
+
+
+def report_rows(measured: list[Measured]) -> list[Row]:
+    """The JSON rows: wlmscpfs (anchor), Meridian, and Meridian by kind of query."""
+    rows = []
+    for m in measured:
+        ours = _report_row(m, "meridian", m.ours, anchor="wlmscpfs")
+        compared = len(m.theirs.latencies)
+        ours.basis = m.ours.head(compared).percentile(50) * 1000
+        ours.params["ratio on"] = f"p50 {ours.basis:.1f} ms of the same first {compared} queries"
+        rows += [_report_row(m, "wlmscpfs", m.theirs), ours]
+        rows += [_report_row(m, KINDS[kind], part) for kind, part in _kinds(m.ours)]
+    return rows
 
 
 def main() -> int:
@@ -464,14 +339,25 @@ def main() -> int:
     parser.add_argument(
         "--dcmtk-budget", type=float, default=20.0, help="seconds per N and mode for wlmscpfs"
     )
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args()
     if shutil.which("wlmscpfs") is None:
         print("dcmtk's wlmscpfs is not installed", file=sys.stderr)
         return 1
     today = date.today()
-    rows = [row for n in args.items for row in bench_size(n, args, today)]
+    measured = [m for n in args.items for m in bench_size(n, args, today)]
+    rows = [line for m in measured for line in (_row(m), *_by_kind(m))]
     print(f"MWL C-FIND latency, {args.queries} typical modality queries, {args.per_day} items/day")
     print(*_header(), *rows, sep="\n")
+    if args.json:
+        notes = [
+            f"{args.queries} typical modality queries per N and mode, {args.per_day} items per "
+            f"day; wlmscpfs capped at {args.dcmtk_budget:g} s per N and mode (its qry count); "
+            "Meridian's ratio compares the same first queries wlmscpfs ran"
+        ]
+        output = Output("mwl", "p50_ms", report_rows(measured), notes, count_label="queries")
+        output.versions["dcmtk"] = tool_version("wlmscpfs")
+        write_json(args.json, output)
     return 0
 
 

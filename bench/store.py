@@ -1,7 +1,7 @@
 """C-STORE ingest throughput: Meridian's Storage SCP next to a bare pynetdicom SCP and Orthanc.
 
     .venv/bin/python bench/store.py [--images 400] [--rows 512] [--rounds 5] [--db postgresql]
-                                    [--dir /dev/shm] [--no-orthanc]
+                                    [--dir /dev/shm] [--no-orthanc] [--json PATH]
 
 The script writes ``--images`` synthetic CT images (``rows x rows`` 16-bit
 pixels: 512 gives 512 KB each; 4 series of one study) once, then, for each
@@ -29,6 +29,9 @@ own process). The table shows the median over rounds: images/s, MB/s and the
 ratio to ``bare`` and ``bare+fsync``, after one warm-up round that is not
 counted. About 2 minutes with the defaults on a 2-core VM. ``--dir /dev/shm``
 takes the disk out (fsync is free on tmpfs): what is left is CPU and protocol.
+``--json PATH`` also writes the rows for ``bench/run_all.py`` (bench/rows.py):
+each server against its anchor (``bare+fsync`` against ``bare``, ``meridian``
+and ``orthanc`` against ``bare+fsync``), with the seconds of every round.
 
 Hook for the rest of the pipeline: :func:`channel_handler` is what the
 DicomSource hands each batch to; it only counts today. When normalization
@@ -61,6 +64,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.rows import Output, Row, tool_version, write_json
 from connectors.base import InboundHandler, Origin
 from tests.support.dicom_files import write_study
 
@@ -316,6 +320,7 @@ def main() -> None:
     parser.add_argument(
         "--dir", default=None, help="work folder (default: the system's temp; /dev/shm: no disk)"
     )
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="meridian-bench-store-", dir=args.dir))
@@ -351,12 +356,47 @@ def main() -> None:
                 if number:
                     results.setdefault(result.name, []).append(result)
             shutil.rmtree(work)
-        report(results, len(study.paths), total, args.db)
+        notes = report(results, len(study.paths), total, args.db)
+        if args.json:
+            rounds = f"{args.rounds} round{'s' if args.rounds > 1 else ''}"
+            case = f"{len(study.paths)} images, {total / 1e6:.0f} MB, {rounds}"
+            if args.dir:
+                case += f", in {args.dir}"
+            output = Output("store", "throughput", report_rows(results, case, total), notes)
+            output.count_label = "rounds"
+            if "orthanc" in results:
+                output.versions["Orthanc"] = tool_version("Orthanc")
+            write_json(args.json, output)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def report(results: dict[str, list[Result]], images: int, total: int, db: str) -> None:
+ANCHORS = {"bare": None, "bare+fsync": "bare", "meridian": "bare+fsync", "orthanc": "bare+fsync"}
+
+
+def report_rows(results: dict[str, list[Result]], case: str, total: int) -> list[Row]:
+    """The JSON rows: median images/s per server next to its anchor, every round's seconds."""
+    rows = []
+    for name, runs in results.items():
+        seconds = statistics.median(r.seconds for r in runs)
+        images = runs[0].stored
+        rows.append(
+            Row(
+                case=case,
+                server=name,
+                anchor=ANCHORS.get(name),
+                throughput=images / seconds,
+                unit="img/s",
+                count=len(runs),
+                params={"seconds": round(seconds, 3), "MB/s": round(total / 1e6 / seconds, 1)},
+                samples=[round(r.seconds, 3) for r in runs],
+            )
+        )
+    return rows
+
+
+def report(results: dict[str, list[Result]], images: int, total: int, db: str) -> list[str]:
+    """Print the table; returns the notes for the JSON output."""
     median = {name: statistics.median(r.seconds for r in runs) for name, runs in results.items()}
     header = f"{'server':<12} {'seconds':>8} {'images/s':>9} {'MB/s':>7} {'vs bare':>8}"
     print(f"\n{header} {'vs bare+fsync':>14}   rounds (s)")
@@ -368,11 +408,13 @@ def report(results: dict[str, list[Result]], images: int, total: int, db: str) -
             f"   {rounds}"
         )
     hub = results["meridian"][-1].extra
-    print(
-        f"\nmeridian: store {db}; {hub['operations']} index writes in "
+    note = (
+        f"meridian: store {db}; {hub['operations']} index writes in "
         f"{hub['commits']} commits (last round); batch of {images} handed on "
         f"{hub['batch_after']:.2f} s after storescu ended (quiet period {QUIET_SECONDS} s)"
     )
+    print(f"\n{note}")
+    return [note]
 
 
 if __name__ == "__main__":
