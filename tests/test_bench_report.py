@@ -288,3 +288,25 @@ def test_runner_reports_a_failed_bench_and_goes_on(tmp_path: Path) -> None:
     assert "![good throughput](results/good-throughput.png)" in report
     assert (tmp_path / "results" / "good-throughput.png").read_bytes().startswith(b"\x89PNG")
     assert (tmp_path / "results" / "good.txt").read_text() == "fake bench: printed table\n"
+
+
+def test_quick_mllp_bench_end_to_end(tmp_path: Path) -> None:
+    """The cheapest registered bench, --quick, through the runner (a smoke run, no timings)."""
+    from bench.run_all import run
+
+    out = tmp_path / "BENCHMARKS.md"
+    assert run(by_name(["mllp"]), out, tmp_path / "results", quick=True) == 0
+
+    output = read_json(tmp_path / "results" / "mllp.json")
+    assert [(row.case, row.server, row.anchor) for row in output.rows] == [
+        ("1 connection", "bare python-hl7", None),
+        ("1 connection", "meridian hub", "bare python-hl7"),
+        ("8 connections", "bare python-hl7", None),
+        ("8 connections", "meridian hub", "bare python-hl7"),
+    ]
+    assert all(row.count == 150 and row.throughput for row in output.rows)
+    report = out.read_text()
+    assert report.startswith("# Benchmarks")
+    assert "Quick smoke run" in report
+    assert f"{X}** vs bare python-hl7" in report
+    assert "## MWL: C-FIND latency (issue 2)" in report  # the rest of the document is kept
