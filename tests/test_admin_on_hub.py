@@ -8,7 +8,9 @@ the stored message are what a hub in service would show.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -39,6 +41,40 @@ def relay(port: int, ehr_port: int) -> str:
     )
 
 
+@contextlib.asynccontextmanager
+async def analyst_on_hub(
+    tmp_path: Path, channel_text: str, ehr_port: int
+) -> AsyncIterator[tuple[Hub, httpx.AsyncClient, str, AckReceiver]]:
+    """A hub running ``channel_text`` (as channels/relay.yaml), the EHR receiver, and an
+    analyst logged in to the hub's admin port: (hub, client, CSRF token, EHR)."""
+    channels = tmp_path / "channels"
+    channels.mkdir(exist_ok=True)
+    (channels / "relay.yaml").write_text(channel_text)
+    settings = HubSettings.model_validate(
+        {
+            "channels_dir": channels,
+            "transforms_dir": REPO / "transforms",
+            "data_dir": tmp_path / "var",
+            "dicom": {"port": 0},
+            "admin": {"port": 0},
+        }
+    )
+    hub = Hub(settings, load_channels(channels))
+    await hub.start()
+    ehr = await AckReceiver(port=ehr_port).start()
+    try:
+        assert hub.services is not None and hub.admin is not None
+        await asyncio.to_thread(add_user, hub.services.engine, "ann", PASSWORD, "analyst")
+        base = f"http://127.0.0.1:{hub.admin.bound_port}"
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            login = {"username": "ann", "password": PASSWORD}
+            csrf = (await client.post("/api/login", json=login)).json()["csrf_token"]
+            yield hub, client, csrf, ehr
+    finally:
+        await ehr.stop()
+        await hub.stop()
+
+
 async def gauge(client: httpx.AsyncClient, sample: str, timeout: float = 10.0) -> None:
     """Wait until /metrics has the line ``sample``."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -52,34 +88,11 @@ async def gauge(client: httpx.AsyncClient, sample: str, timeout: float = 10.0) -
 
 def test_browser_dashboard_and_live_gauges_on_a_running_hub(tmp_path: Path) -> None:
     port, ehr_port = free_port(), free_port()
-    channels = tmp_path / "channels"
-    channels.mkdir()
-    (channels / "relay.yaml").write_text(relay(port, ehr_port))
-    settings = HubSettings.model_validate(
-        {
-            "channels_dir": channels,
-            "transforms_dir": REPO / "transforms",
-            "data_dir": tmp_path / "var",
-            "dicom": {"port": 0},
-            "admin": {"port": 0},
-        }
-    )
 
     async def scenario() -> None:
-        hub = Hub(settings, load_channels(channels))
-        await hub.start()
-        ehr = await AckReceiver(port=ehr_port).start()
-        try:
-            assert hub.services is not None and hub.admin is not None
-            await asyncio.to_thread(add_user, hub.services.engine, "ann", PASSWORD, "analyst")
-            base = f"http://127.0.0.1:{hub.admin.bound_port}"
-            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-                login = {"username": "ann", "password": PASSWORD}
-                csrf = (await client.post("/api/login", json=login)).json()["csrf_token"]
-                await exercise(client, csrf, port)
-        finally:
-            await ehr.stop()
-            await hub.stop()
+        async with analyst_on_hub(tmp_path, relay(port, ehr_port), ehr_port) as running:
+            _, client, csrf, _ = running
+            await exercise(client, csrf, port)
 
     asyncio.run(scenario())
 
@@ -116,65 +129,41 @@ def test_reprocess_runs_a_message_that_failed_in_the_channel_again(tmp_path: Pat
     """A filter error stores the message as ERROR with nothing queued; once the channel is
     fixed and redeployed, reprocess runs the stored message through it as a new message."""
     port, ehr_port = free_port(), free_port()
-    channels = tmp_path / "channels"
-    channels.mkdir()
     broken = relay(port, ehr_port).replace(
         "destinations:", "filters:\n  - name: broken\n    when: 1 / 0\ndestinations:"
     )
-    (channels / "relay.yaml").write_text(broken)
-    settings = HubSettings.model_validate(
-        {
-            "channels_dir": channels,
-            "transforms_dir": REPO / "transforms",
-            "data_dir": tmp_path / "var",
-            "dicom": {"port": 0},
-            "admin": {"port": 0},
-        }
-    )
 
     async def scenario() -> None:
-        hub = Hub(settings, load_channels(channels))
-        await hub.start()
-        ehr = await AckReceiver(port=ehr_port).start()
-        try:
-            assert hub.services is not None and hub.admin is not None
-            await asyncio.to_thread(add_user, hub.services.engine, "ann", PASSWORD, "analyst")
+        async with analyst_on_hub(tmp_path, broken, ehr_port) as (hub, client, csrf, ehr):
             message = orm(placer="P9", accession="A9").encode()
             ack = await asyncio.to_thread(send, port, message, 10.0)
             assert msa(ack)[1] == "AE"
-            base = f"http://127.0.0.1:{hub.admin.bound_port}"
-            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-                login = {"username": "ann", "password": PASSWORD}
-                csrf = (await client.post("/api/login", json=login)).json()["csrf_token"]
-                [failed] = (await client.get("/api/messages")).json()["items"]
-                assert failed["status"] == "ERROR"
-                (channels / "relay.yaml").write_text(relay(port, ehr_port))
-                await hub.deploy_channel("relay")
-                path = f"/api/messages/{failed['id']}/reprocess"
-                answer = (await client.post(path, headers={CSRF_HEADER: csrf})).json()
-                assert answer["requeued"] == 0
-                assert answer["resubmitted_as"] not in (None, failed["id"])
-                assert answer["status"] == "QUEUED"
-                for _ in range(200):
-                    if ehr.received:
-                        break
-                    await asyncio.sleep(0.05)
-                assert [m.rstrip(b"\r") for m in ehr.received] == [message.rstrip(b"\r")]
-                again = (await client.get(f"/api/messages/{answer['resubmitted_as']}")).json()
-                assert again["origin"].startswith("reprocess")
-                kept = (await client.get(f"/api/messages/{failed['id']}")).json()
-                assert kept["status"] == "ERROR", "the failed original stays for the record"
-                # Reprocessing it again (here in bulk) never sends it twice: the run-again
-                # message was accepted, so duplicate control answers with it.
-                bulk = {"ids": [failed["id"]]}
-                headers = {CSRF_HEADER: csrf}
-                response = await client.post("/api/messages/reprocess", json=bulk, headers=headers)
-                [result] = response.json()["results"]
-                assert result["resubmitted_as"] == answer["resubmitted_as"]
-                await asyncio.sleep(0.5)
-                assert len(ehr.received) == 1
-        finally:
-            await ehr.stop()
-            await hub.stop()
+            [failed] = (await client.get("/api/messages")).json()["items"]
+            assert failed["status"] == "ERROR"
+            (tmp_path / "channels" / "relay.yaml").write_text(relay(port, ehr_port))
+            await hub.deploy_channel("relay")
+            path = f"/api/messages/{failed['id']}/reprocess"
+            answer = (await client.post(path, headers={CSRF_HEADER: csrf})).json()
+            assert answer["requeued"] == 0
+            assert answer["resubmitted_as"] not in (None, failed["id"])
+            assert answer["status"] == "QUEUED"
+            for _ in range(200):
+                if ehr.received:
+                    break
+                await asyncio.sleep(0.05)
+            assert [m.rstrip(b"\r") for m in ehr.received] == [message.rstrip(b"\r")]
+            again = (await client.get(f"/api/messages/{answer['resubmitted_as']}")).json()
+            assert again["origin"].startswith("reprocess")
+            kept = (await client.get(f"/api/messages/{failed['id']}")).json()
+            assert kept["status"] == "ERROR", "the failed original stays for the record"
+            # Reprocessing it again (here in bulk) never sends it twice: the run-again
+            # message was accepted, so duplicate control answers with it.
+            bulk = {"ids": [failed["id"]]}
+            headers = {CSRF_HEADER: csrf}
+            response = await client.post("/api/messages/reprocess", json=bulk, headers=headers)
+            [result] = response.json()["results"]
+            assert result["resubmitted_as"] == answer["resubmitted_as"]
+            await asyncio.sleep(0.5)
+            assert len(ehr.received) == 1
 
     asyncio.run(scenario())

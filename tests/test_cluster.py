@@ -137,6 +137,16 @@ def patient_orders(patients: int, per_patient: int) -> dict[str, list[bytes]]:
     }
 
 
+def start_senders(nodes: list[HubProcess], orders: dict[str, list[bytes]]) -> list[PatientSender]:
+    """One sender per patient, the patients spread round robin over the nodes."""
+    senders = [
+        PatientSender(nodes, n % len(nodes), messages) for n, messages in enumerate(orders.values())
+    ]
+    for sender in senders:
+        sender.start()
+    return senders
+
+
 def start_nodes(tmp_path: Path, url: str, receivers: Receivers, count: int) -> list[HubProcess]:
     return [
         start_node(tmp_path / f"node{n}", f"node-{n}", url, receivers.channel, lease_seconds=3)
@@ -173,12 +183,7 @@ def test_two_nodes_deliver_every_message_once_in_order_per_patient(
     store = create_engine(pg_url)
     try:
         orders = patient_orders(patients=12, per_patient=25)
-        senders = [
-            PatientSender(nodes, n % len(nodes), messages)
-            for n, messages in enumerate(orders.values())
-        ]
-        for sender in senders:
-            sender.start()
+        senders = start_senders(nodes, orders)
         for sender in senders:
             sender.join(120)
         wait_drained(store, receivers, 300, nodes)
@@ -216,12 +221,7 @@ def test_a_node_killed_mid_load_loses_nothing_and_the_others_finish_its_work(
     try:
         orders = patient_orders(patients=18, per_patient=40)
         total = 18 * 40
-        senders = [
-            PatientSender(nodes, n % len(nodes), messages)
-            for n, messages in enumerate(orders.values())
-        ]
-        for sender in senders:
-            sender.start()
+        senders = start_senders(nodes, orders)
         while sum(s.acked for s in senders) < total // 4:
             time.sleep(0.01)
         claimed_at_kill = kill_while_holding_claims(nodes[0], "node-0", store)

@@ -8,16 +8,12 @@ Used by the cluster tests and ``bench/cluster.py``.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
-from tests.support.hub_process import REPO, HubProcess, free_port, wait_for_port
+from tests.support.hub_process import HubProcess, free_port, spawn_serve
 
 __all__ = ["relay_channel", "start_node"]
 
@@ -58,44 +54,12 @@ def start_node(
 ) -> HubProcess:
     """Start one node: ``channel(port)`` is its channel file for its own MLLP port."""
     workdir.mkdir(parents=True, exist_ok=True)
-    mllp_port, dicom_port, admin_port = free_port(), free_port(), free_port()
+    mllp_port = free_port()
     channels = workdir / "channels"
     channels.mkdir(exist_ok=True)
     (channels / "relay.yaml").write_text(channel(mllp_port))
     settings = workdir / "meridian.yaml"
     cluster = {"node_id": node_id, "lease_seconds": lease_seconds}
     settings.write_text(yaml.safe_dump({"cluster": cluster}))
-    data_dir, log_path = workdir / "var", workdir / "hub.log"
-    meridian = shutil.which("meridian", path=str(Path(sys.executable).parent)) or "meridian"
-    command = [
-        meridian,
-        "serve",
-        "--config",
-        str(settings),
-        "--channels",
-        str(channels),
-        "--transforms",
-        str(REPO / "transforms"),
-        "--data",
-        str(data_dir),
-        "--db",
-        db_url,
-        "--dicom-port",
-        str(dicom_port),
-        "--admin-port",
-        str(admin_port),
-    ]
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    node = HubProcess(proc, mllp_port, dicom_port, data_dir, log_path, admin_port)
-    try:
-        wait_for_port(mllp_port, timeout=60, proc=proc)
-    except Exception:
-        node.stop()
-        raise RuntimeError(f"node {node_id} did not start:\n{node.log()}") from None
-    return node
+    extra = ["--config", str(settings), "--db", db_url]
+    return spawn_serve(workdir, channels, mllp_port, extra, timeout=60)

@@ -114,35 +114,53 @@ def _apply(channel: dict[str, Any], override: dict[str, Any]) -> None:
 
 def start_hub(workdir: Path, overrides: Overrides | None = None) -> HubProcess:
     """Start ``meridian serve`` with the shipped channels and templates on free ports."""
-    mllp_port, dicom_port, admin_port = free_port(), free_port(), free_port()
+    mllp_port = free_port()
     channels = prepare_channels(workdir / "channels", mllp_port, overrides)
+    return spawn_serve(workdir, channels, mllp_port)
+
+
+def spawn_serve(
+    workdir: Path,
+    channels: Path,
+    mllp_port: int,
+    extra_args: list[str] | None = None,
+    timeout: float = 20.0,
+) -> HubProcess:
+    """Run ``meridian serve`` on ``channels`` (free DICOM and admin ports) and wait for it.
+
+    Its output goes to ``workdir/hub.log``, its data to ``workdir/var``; it is ready
+    when ``mllp_port`` (a port one of its channels listens on) and its DICOM port accept.
+    """
+    dicom_port, admin_port = free_port(), free_port()
     data_dir = workdir / "var"
     log_path = workdir / "hub.log"
     meridian = shutil.which("meridian", path=str(Path(sys.executable).parent)) or "meridian"
+    command = [
+        meridian,
+        "serve",
+        "--channels",
+        str(channels),
+        "--transforms",
+        str(REPO / "transforms"),
+        "--data",
+        str(data_dir),
+        "--dicom-port",
+        str(dicom_port),
+        "--admin-port",
+        str(admin_port),
+        *(extra_args or []),
+    ]
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            [
-                meridian,
-                "serve",
-                "--channels",
-                str(channels),
-                "--transforms",
-                str(REPO / "transforms"),
-                "--data",
-                str(data_dir),
-                "--dicom-port",
-                str(dicom_port),
-                "--admin-port",
-                str(admin_port),
-            ],
+            command,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     hub = HubProcess(proc, mllp_port, dicom_port, data_dir, log_path, admin_port)
     try:
-        wait_for_port(mllp_port, proc=proc)
-        wait_for_port(dicom_port, proc=proc)
+        wait_for_port(mllp_port, timeout, proc=proc)
+        wait_for_port(dicom_port, timeout, proc=proc)
     except Exception:
         hub.stop()
         raise RuntimeError(f"hub did not start:\n{hub.log()}") from None
