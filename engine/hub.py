@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import os
-import socket
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import Engine
@@ -18,6 +17,7 @@ from connectors.dicom_store import StorageService
 from engine.ai_timeouts import AITimeoutMonitor
 from engine.archive import Archive
 from engine.channel_control import ChannelControl, ChannelState, ChannelStateError
+from engine.cluster_nodes import APPLICATION_PREFIX, node_id
 from engine.config import Channel, HubSettings
 from engine.deid import Deidentifier
 from engine.leadership import JobLeadership
@@ -60,6 +60,8 @@ class Hub:
         #: One node runs the periodic jobs when several share a PostgreSQL store.
         self.leadership: JobLeadership | None = None
         self.admin: AdminServer | None = None
+        #: This process's id among the nodes sharing the store (see engine.cluster_nodes).
+        self.node_id = node_id(settings)
 
     @property
     def channels(self) -> list[Channel]:
@@ -82,7 +84,13 @@ class Hub:
         """Open the store, deploy every enabled channel, start the DICOM listener."""
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self._engine = await asyncio.to_thread(open_engine, settings.resolved_db_url())
+        self._engine = await asyncio.to_thread(
+            functools.partial(
+                open_engine,
+                settings.resolved_db_url(),
+                application_name=f"{APPLICATION_PREFIX}{self.node_id}",
+            )
+        )
         self._committer = GroupCommitter(self._engine)
         self._committer.start()
         worklist = WorklistStore(self._engine)
@@ -143,7 +151,7 @@ class Hub:
         if engine.dialect.name != "postgresql":
             return None  # SQLite: one node, nothing to share
         cluster = self.settings.cluster
-        node = cluster.node_id or f"{socket.gethostname()}-{os.getpid()}"[:64]
+        node = self.node_id
         claimer = QueueClaimer(node, cluster.lease_seconds)
 
         async def renew() -> None:

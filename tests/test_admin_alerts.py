@@ -136,6 +136,17 @@ def test_dashboard_counts_the_last_hour_queues_and_open_alerts(
 
 def test_dashboard_needs_a_session(client: TestClient) -> None:
     assert client.get("/api/dashboard").status_code == 401
+    assert client.get("/api/cluster").status_code == 401
+
+
+def test_a_single_sqlite_node_has_no_cluster_to_show(client: TestClient) -> None:
+    login(client, "vic")
+    assert client.get("/api/cluster").json() == {
+        "store": "sqlite",
+        "this_node": None,
+        "nodes": [],
+        "claims": [],
+    }
 
 
 # -- metrics -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ pool on a fresh PostgreSQL database: the claims go through real row locks
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -230,3 +231,29 @@ def test_three_racing_nodes_deliver_each_entry_once_in_order_per_key(
             select(queue_entries.c.id).where(queue_entries.c.status != "SENT")
         ).all()
     assert left == []
+
+
+def test_the_cluster_view_lists_live_nodes_the_leader_and_claims(pg_url: str) -> None:
+    from engine.cluster_nodes import cluster_view
+    from engine.leadership import JobLeadership
+
+    a = open_engine(pg_url, application_name="meridian:node-a")
+    b = open_engine(pg_url, application_name="meridian:node-b")
+    gone = open_engine(pg_url, application_name="meridian:node-c")
+    leadership = JobLeadership(b)
+    try:
+        assert leadership.check()
+        queue(a, ["p1", "p2"])
+        QueueClaimer("node-c", 30).claim_heads(gone, CHANNEL, DESTINATION, 1)
+        gone.dispose()  # node-c dies: its connections close, its claim stays until the lease
+        with a.connect():
+            view = cluster_view(a, "node-a")
+        assert view["this_node"] == "node-a"
+        nodes = {n["node"]: n for n in view["nodes"]}
+        assert set(nodes) == {"node-a", "node-b"}
+        assert nodes["node-b"]["leader"] and not nodes["node-a"]["leader"]
+        assert view["claims"] == [{"node": "node-c", "entries": 1, "expired": False}]
+    finally:
+        asyncio.run(leadership.release())
+        a.dispose()
+        b.dispose()

@@ -19,15 +19,22 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def open_engine(url: str, *, create_schema: bool = True) -> Engine:
+def open_engine(
+    url: str, *, create_schema: bool = True, application_name: str | None = None
+) -> Engine:
     """Create the SQLAlchemy engine for ``url`` and (by default) migrate it to the head schema.
 
     ``create_schema=False`` opens the store as it is (read-only tools).
+    ``application_name`` names the connections on PostgreSQL (``pg_stat_activity``):
+    a hub node uses ``meridian:<node id>``, so the nodes of a cluster can be listed.
     """
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        store = create_engine(url, **_engine_options(url))
+        options = _engine_options(url)
+        if application_name is not None and not url.startswith("sqlite"):
+            options["connect_args"] = {"application_name": application_name}
+        store = create_engine(url, **options)
         if is_sqlite(store):
             event.listen(store, "connect", _sqlite_pragmas)
         if create_schema:

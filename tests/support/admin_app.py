@@ -48,6 +48,7 @@ class FakeServices:
     committer: GroupCommitter
     worklist: WorklistStore
     reading_worklist: ReadingWorklist
+    claimer: Any = None  # SQLite: one node, no queue claims
 
 
 class Worker:
@@ -74,6 +75,7 @@ class Hub:
     channels: list[Any] = field(default_factory=list)
     sources: dict[str, Any] = field(default_factory=dict)
     mwl: Any = None
+    node_id: str = "test-node"
 
 
 @contextmanager

@@ -45,6 +45,30 @@ function errorsTable(items) {
     { label: "Type" }, { label: "Control ID" }], rows, "No errored messages.");
 }
 
+/** Nodes sharing the PostgreSQL store: only shown when there is a cluster to show. */
+function clusterPanel(view) {
+  if (!view || view.store !== "postgresql") return null;
+  const claims = Object.fromEntries((view.claims || []).map((c) => [c.node, c]));
+  const live = new Set(view.nodes.map((n) => n.node));
+  const rows = view.nodes.map((n) => [
+    n.node === view.this_node ? `${n.node} (this node)` : n.node,
+    n.leader ? badge("leader", "ok") : "",
+    { cls: "num", value: String(n.connections) },
+    when(n.connected_since),
+    { cls: "num", value: String(claims[n.node] ? claims[n.node].entries : 0) },
+  ]);
+  // Claims of a node that is gone: delivered by the others once the lease runs out.
+  for (const c of view.claims || []) {
+    if (!live.has(c.node)) {
+      rows.push([c.node, badge(c.expired ? "gone · lease over" : "gone · lease running", "err"),
+        { cls: "num", value: "0" }, "", { cls: "num", value: String(c.entries) }]);
+    }
+  }
+  return panel("Nodes", table([{ label: "Node" }, { label: "Role" },
+    { label: "Connections", cls: "num" }, { label: "Connected since" },
+    { label: "Claimed entries", cls: "num" }], rows, "No nodes."));
+}
+
 /** Each part loads on its own: one failing endpoint must not blank the whole dashboard. */
 async function attempt(promise) {
   try {
@@ -59,15 +83,17 @@ export async function render(root, _route, app) {
   const body = h("div", {});
   root.append(pageHead("Dashboard", null, stamp), body);
   app.every(POLL_MS, async () => {
-    const [dash, channels, errors] = await Promise.all([
+    const [dash, channels, errors, cluster] = await Promise.all([
       attempt(get("/api/dashboard")),
       attempt(get("/api/channels")),
       attempt(get("/api/messages?status=ERROR&limit=8")),
+      attempt(get("/api/cluster")),
     ]);
     const failed = (part) => h("p", { class: "notice notice-error", text: describe(part.error) });
     fill(body,
       dash.error ? failed(dash) : cards(dash.value),
       panel("Channels", channels.error ? failed(channels) : channelsTable(channels.value)),
+      cluster.error ? failed(cluster) : clusterPanel(cluster.value),
       h("div", { class: "split" },
         panel("Queues", dash.error ? failed(dash) : queuesTable(dash.value.queues || [])),
         panel("Recent errors", errors.error ? failed(errors) : errorsTable(errors.value.items),
