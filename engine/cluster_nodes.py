@@ -12,6 +12,7 @@ until their lease runs out and another node takes them.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from datetime import UTC, datetime
 from typing import Any
@@ -56,8 +57,14 @@ _CLAIMS = text(
 
 
 def node_id(settings: HubSettings) -> str:
-    """This process's node id: the configured one, or host name and process id."""
-    return settings.cluster.node_id or f"{socket.gethostname()}-{os.getpid()}"[:64]
+    """This hub's node id: the configured one, or host name, process id and a random tag.
+
+    The tag keeps two hubs of one process (tests, tools) apart; a configured id is
+    stable, so a restarted node recognises its own claims.
+    """
+    if settings.cluster.node_id:
+        return settings.cluster.node_id
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def cluster_view(engine: Engine, this_node: str | None) -> dict[str, Any]:

@@ -262,8 +262,8 @@ class ClusterSettings(_Strict):
         default=None,
         max_length=64,
         pattern=r"^[A-Za-z0-9._:-]+$",
-        description="unique per node; default: host name and process id. Set it to let a "
-        "restarted node take its own unfinished claims back at once",
+        description="unique per node; default: host name, process id and a random tag. "
+        "Set it to let a restarted node take its own unfinished claims back at once",
     )
     lease_seconds: float = Field(
         default=30,

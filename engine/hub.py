@@ -17,6 +17,8 @@ from connectors.dicom_store import StorageService
 from engine.ai_timeouts import AITimeoutMonitor
 from engine.archive import Archive
 from engine.channel_control import ChannelControl, ChannelState, ChannelStateError
+from engine.channel_sync import POLL_SECONDS as CHANNEL_STATE_POLL_SECONDS
+from engine.channel_sync import ChannelSync
 from engine.cluster_nodes import APPLICATION_PREFIX, node_id
 from engine.config import Channel, HubSettings
 from engine.deid import Deidentifier
@@ -56,6 +58,9 @@ class Hub:
         self.services: Services | None = None
         self._periodic: list[AITimeoutMonitor | Reprioritizer] = []
         self._lease_keeper: PeriodicTask | None = None
+        self._state_follower: PeriodicTask | None = None
+        #: Records channel actions in the store; every node follows them.
+        self.channel_sync: ChannelSync | None = None
         self.scheduler: HubScheduler | None = None
         #: One node runs the periodic jobs when several share a PostgreSQL store.
         self.leadership: JobLeadership | None = None
@@ -124,6 +129,7 @@ class Hub:
         self._pool = ThreadPoolExecutor(settings.pipeline_threads, thread_name_prefix="pipeline")
         self.control = ChannelControl(self.services, self._pool)
         await self.control.deploy_all(self._initial)
+        await self._follow_channel_states(self.control)
         await asyncio.to_thread(self.mwl.start)
         self._start_periodic(self.services)
         # Retention and alert checks (APScheduler); the channels are read at each run.
@@ -145,6 +151,19 @@ class Hub:
             self.mwl.bound_port,
             self._engine.dialect.name,
         )
+
+    async def _follow_channel_states(self, control: ChannelControl) -> None:
+        """Channels as the analysts left them (store), then follow changes made elsewhere."""
+        assert self._engine is not None and self._committer is not None
+        sync = ChannelSync(self._engine, self._committer, control, self.node_id)
+        await sync.adopt(await asyncio.to_thread(sync.read))
+
+        async def follow() -> None:
+            await sync.apply(await asyncio.to_thread(sync.read))
+
+        self.channel_sync = sync
+        self._state_follower = PeriodicTask("channel-states", CHANNEL_STATE_POLL_SECONDS, follow)
+        self._state_follower.start()
 
     def _start_claims(self, engine: Engine) -> QueueClaimer | None:
         """On PostgreSQL, this node's queue claims and the task renewing their leases."""
@@ -193,24 +212,38 @@ class Hub:
         return self.control.state(name) if self.control is not None else ChannelState.UNDEPLOYED
 
     async def deploy_channel(self, name: str) -> Channel:
-        """Re-read and validate the channel's file, replace the running version and start it."""
-        return await self._control().deploy(name)
+        """Re-read and validate the channel's file, replace the running version and start it.
+
+        Like every action below it is recorded in the store: the other nodes follow it
+        and a restarted hub comes back to it.
+        """
+        channel = await self._control().deploy(name)
+        await self._record(name, ChannelState.STARTED, redeployed=True)
+        return channel
 
     async def undeploy_channel(self, name: str) -> None:
         """Stop the channel and forget it (its queued entries stay in the store)."""
         await self._control().undeploy(name)
+        await self._record(name, ChannelState.UNDEPLOYED)
 
     async def start_channel(self, name: str) -> None:
         """Resume a paused or stopped channel."""
         await self._control().start(name)
+        await self._record(name, ChannelState.STARTED)
 
     async def pause_channel(self, name: str) -> None:
         """Stop taking messages; destinations keep delivering."""
         await self._control().pause(name)
+        await self._record(name, ChannelState.PAUSED)
 
     async def stop_channel(self, name: str) -> None:
         """Stop taking messages and delivering; queued entries wait for the next start."""
         await self._control().stop(name)
+        await self._record(name, ChannelState.STOPPED)
+
+    async def _record(self, name: str, state: ChannelState, *, redeployed: bool = False) -> None:
+        if self.channel_sync is not None:
+            await self.channel_sync.record(name, state, redeployed=redeployed)
 
     async def _release_claims(self) -> None:
         """A clean stop gives its claims back: the other nodes go on at once."""
@@ -227,6 +260,8 @@ class Hub:
         """Stop listening, finish in-flight messages and deliveries, close the store."""
         if self.admin is not None:
             await self.admin.stop()
+        if self._state_follower is not None:
+            await self._state_follower.stop()
         if self.control is not None:
             await self.control.stop_all()
         await self._release_claims()

@@ -16,7 +16,7 @@ from sqlalchemy import (
 
 from engine.store.schema import Id, metadata
 
-__all__ = ["duplicate_keys", "messages", "queue_entries"]
+__all__ = ["channel_states", "duplicate_keys", "messages", "queue_entries"]
 
 
 messages = Table(
@@ -88,4 +88,16 @@ duplicate_keys = Table(
     Column("message_id", Id, ForeignKey("messages.id", ondelete="CASCADE"), nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("channel", "sender", "control_id", "content_hash", name="uq_duplicate_key"),
+)
+
+# The state analysts put each channel in (engine.channel_sync): every node follows
+# it, and a restarted hub comes back to it. ``generation`` counts redeploys.
+channel_states = Table(
+    "channel_states",
+    metadata,
+    Column("channel", String(64), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("changed_on", String(64), nullable=False),
 )
