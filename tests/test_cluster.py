@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +27,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from tests.support.cluster import relay_channel, start_node
 from tests.support.databases import postgres_database
-from tests.support.hub_process import HubProcess
+from tests.support.hub_process import HubProcess, free_port, wait_for_port
 from tests.support.mllp_client import frame, msa, read_frame
 from tests.support.mllp_receivers import Receiver, ack
 from tests.support.orders import orm
@@ -85,9 +87,9 @@ class PatientSender(threading.Thread):
     as an EHR behind a load balancer does.
     """
 
-    def __init__(self, nodes: list[HubProcess], first: int, orders: list[bytes]) -> None:
+    def __init__(self, ports: list[int], first: int, orders: list[bytes]) -> None:
         super().__init__(daemon=True)
-        self.nodes, self.node, self.orders = nodes, first, orders
+        self.ports, self.node, self.orders = ports, first, orders
         self.acked = 0
         self.failovers = 0
 
@@ -97,7 +99,7 @@ class PatientSender(threading.Thread):
         while index < len(self.orders):
             try:
                 if sock is None:
-                    sock = socket.create_connection(("127.0.0.1", self.nodes[self.node].mllp_port))
+                    sock = socket.create_connection(("127.0.0.1", self.ports[self.node]))
                 sock.sendall(frame(self.orders[index]))
                 assert msa(read_frame(sock, 30))[1] == "AA"
                 self.acked += 1
@@ -107,7 +109,7 @@ class PatientSender(threading.Thread):
                     sock.close()
                 sock = None
                 self.failovers += 1
-                self.node = (self.node + 1) % len(self.nodes)
+                self.node = (self.node + 1) % len(self.ports)
                 time.sleep(0.05)
         if sock is not None:
             sock.close()
@@ -137,10 +139,10 @@ def patient_orders(patients: int, per_patient: int) -> dict[str, list[bytes]]:
     }
 
 
-def start_senders(nodes: list[HubProcess], orders: dict[str, list[bytes]]) -> list[PatientSender]:
-    """One sender per patient, the patients spread round robin over the nodes."""
+def start_senders(ports: list[int], orders: dict[str, list[bytes]]) -> list[PatientSender]:
+    """One sender per patient, the patients spread round robin over the ports."""
     senders = [
-        PatientSender(nodes, n % len(nodes), messages) for n, messages in enumerate(orders.values())
+        PatientSender(ports, n % len(ports), messages) for n, messages in enumerate(orders.values())
     ]
     for sender in senders:
         sender.start()
@@ -183,7 +185,7 @@ def test_two_nodes_deliver_every_message_once_in_order_per_patient(
     store = create_engine(pg_url)
     try:
         orders = patient_orders(patients=12, per_patient=25)
-        senders = start_senders(nodes, orders)
+        senders = start_senders([node.mllp_port for node in nodes], orders)
         for sender in senders:
             sender.join(120)
         wait_drained(store, receivers, 300, nodes)
@@ -221,7 +223,7 @@ def test_a_node_killed_mid_load_loses_nothing_and_the_others_finish_its_work(
     try:
         orders = patient_orders(patients=18, per_patient=40)
         total = 18 * 40
-        senders = start_senders(nodes, orders)
+        senders = start_senders([node.mllp_port for node in nodes], orders)
         while sum(s.acked for s in senders) < total // 4:
             time.sleep(0.01)
         claimed_at_kill = kill_while_holding_claims(nodes[0], "node-0", store)
@@ -249,6 +251,79 @@ def test_a_node_killed_mid_load_loses_nothing_and_the_others_finish_its_work(
             assert len(receiver.log) - total <= claimed_at_kill, name
         assert_each_patient_in_order(receivers, orders)
     finally:
+        for node in nodes:
+            node.stop()
+        store.dispose()
+
+
+HAPROXY_CFG = """\
+global
+    maxconn 256
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 60s
+    timeout server 60s
+    timeout check 1s
+
+frontend mllp
+    bind 127.0.0.1:{port}
+    default_backend nodes
+
+backend nodes
+    balance leastconn
+    option tcp-check
+    tcp-check connect
+    default-server inter 300ms fall 2 rise 2 on-marked-down shutdown-sessions
+{servers}
+"""
+
+
+def start_haproxy(tmp_path: Path, nodes: list[HubProcess]) -> tuple[subprocess.Popen[bytes], int]:
+    """HAProxy in TCP mode in front of the nodes' MLLP ports (as in docs/clustering.md)."""
+    port = free_port()
+    servers = "\n".join(
+        f"    server node{n} 127.0.0.1:{node.mllp_port} check" for n, node in enumerate(nodes)
+    )
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(HAPROXY_CFG.format(port=port, servers=servers))
+    proc = subprocess.Popen(
+        ["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    wait_for_port(port, proc=proc)
+    return proc, port
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="HAProxy not installed")
+def test_behind_haproxy_the_senders_never_see_the_dead_node(
+    tmp_path: Path, pg_url: str, receivers: Receivers
+) -> None:
+    """The EHR knows one address (HAProxy); a node dies; it reconnects and goes on."""
+    nodes = start_nodes(tmp_path, pg_url, receivers, 2)
+    haproxy, port = start_haproxy(tmp_path, nodes)
+    store = create_engine(pg_url)
+    try:
+        orders = patient_orders(patients=8, per_patient=30)
+        total = 8 * 30
+        senders = start_senders([port], orders)
+        while sum(s.acked for s in senders) < total // 3:
+            time.sleep(0.01)
+        nodes[0].proc.kill()
+        nodes[0].proc.wait(10)
+        for sender in senders:
+            sender.join(120)
+            assert not sender.is_alive()
+        wait_drained(store, receivers, total, nodes[1:])
+        assert scalar(store, "SELECT count(*) FROM messages") == total
+        for name, receiver in receivers.by_name.items():
+            assert {placer for _, placer in receiver.log} == {
+                f"{p}-{i:03d}" for p in orders for i in range(30)
+            }, name
+        assert_each_patient_in_order(receivers, orders)
+    finally:
+        haproxy.terminate()
+        haproxy.wait(10)
         for node in nodes:
             node.stop()
         store.dispose()
