@@ -352,7 +352,7 @@ def main() -> int:
     if args.json:
         notes = [
             f"{args.queries} typical modality queries per N and mode, {args.per_day} items per "
-            f"day; wlmscpfs capped at {args.dcmtk_budget:g} s per N and mode (its qry count); "
+            f"day; wlmscpfs capped at {args.dcmtk_budget:g} s per N and mode (its queries column); "
             "Meridian's ratio compares the same first queries wlmscpfs ran"
         ]
         output = Output("mwl", "p50_ms", report_rows(measured), notes, count_label="queries")

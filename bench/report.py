@@ -156,10 +156,10 @@ def _has(rows: Sequence[Row], name: str) -> bool:
     return any(row.metric(name) is not None for row in rows)
 
 
-def _details(row: Row) -> str:
+def _details(row: Row, sample_label: str) -> str:
     parts = [f"{key} {value}" for key, value in row.params.items()]
     if row.samples:
-        parts.append("each: " + " ".join(f"{value:g}" for value in row.samples))
+        parts.append(f"{sample_label}: " + " ".join(f"{value:g}" for value in row.samples))
     return "; ".join(parts).replace("|", "\\|")
 
 
@@ -199,7 +199,7 @@ def table(output: Output) -> list[str]:
     if _compared(output):
         columns.append(("ratio", lambda r: _ratio_cell(r, output)))
     if any(row.params or row.samples for row in rows):
-        columns.append(("details", _details))
+        columns.append(("details", lambda r: _details(r, output.sample_label)))
     lines = [
         "| " + " | ".join(name for name, _ in columns) + " |",
         "|" + "---|" * len(columns),
