@@ -154,6 +154,33 @@ BENCHES: tuple[Bench, ...] = (
         ),
         requires=("storescu",),
     ),
+    Bench(
+        name="cluster",
+        title="Cluster: nodes on one PostgreSQL store (issue 8)",
+        script="bench/cluster.py",
+        args=("--messages", "3000"),
+        quick_args=("--quick",),
+        targets=(
+            Target(
+                "2 nodes ≥ 1.7\u00d7 one node's ACKed msg/s (issue 8; 2 cores shared by"
+                " the nodes, PostgreSQL and the client)",
+                server="2 nodes",
+                field="ratio",
+                op=">=",
+                value=1.7,
+                case="ACK",
+            ),
+            Target(
+                "the same for the drain (orders on the worklist per second)",
+                server="2 nodes",
+                field="ratio",
+                op=">=",
+                value=1.7,
+                case="drain",
+            ),
+        ),
+        timeout_seconds=600,  # needs PostgreSQL on 127.0.0.1:5432
+    ),
 )
 
 
