@@ -41,6 +41,8 @@ __all__ = ["DestinationWorker", "apply_op", "backoff_delay", "sent_op"]
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0
+#: With several nodes: how often a node asks again for a destination another node delivers.
+HELD_ELSEWHERE_POLL_SECONDS = 0.5
 BATCH = 200
 
 
@@ -78,6 +80,7 @@ class DestinationWorker:
         self._claimer = claimer
         self._wake = asyncio.Event()
         self._stopping = False
+        self._stop_requested = asyncio.Event()  # ends a pause that ignores wakes
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -97,6 +100,7 @@ class DestinationWorker:
         """Finish the delivery in progress, then stop; queued entries stay for the next start."""
         self._stopping = True
         self._wake.set()
+        self._stop_requested.set()
         if self._task is not None:
             await self._task
         await self._connector.close()
@@ -137,6 +141,11 @@ class DestinationWorker:
         entries = await asyncio.to_thread(
             fetch, self._engine, self.channel, self.destination, BATCH
         )
+        if entries is None:
+            # Another node is delivering this destination (it takes what we queue too):
+            # our own new entries are no reason to ask again before a while.
+            await self._pause(HELD_ELSEWHERE_POLL_SECONDS)
+            return
         if not entries:
             await self._sleep(IDLE_POLL_SECONDS)
             return
@@ -148,6 +157,13 @@ class DestinationWorker:
             await self._apply_batch(self._connector, _due(entries))
         else:
             await self._send_in_order(self._connector, entries)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds`` whatever wakes come (a stop still ends it at once)."""
+        if self._stopping:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), timeout=seconds)
 
     async def _sleep(self, seconds: float) -> None:
         if self._stopping:

@@ -96,23 +96,26 @@ def test_one_lane_owns_the_whole_destination_while_its_run_is_out(store: Engine)
     queue(store, ["p1", "p2", "p3"])
     a, b = QueueClaimer("node-a", 30), QueueClaimer("node-b", 30)
     run = a.claim_run(store, CHANNEL, DESTINATION, 2)
+    assert run is not None
     assert [e.payload for e in run] == ["payload 0", "payload 1"]
-    assert b.claim_run(store, CHANNEL, DESTINATION, 10) == []
+    assert b.claim_run(store, CHANNEL, DESTINATION, 10) is None, "node-a delivers it"
     sent(store, run[0])
     # The new head (payload 1) is still node-a's: node-b must not jump ahead of it.
-    assert b.claim_run(store, CHANNEL, DESTINATION, 10) == []
+    assert b.claim_run(store, CHANNEL, DESTINATION, 10) is None
     sent(store, run[1])
-    assert [e.payload for e in b.claim_run(store, CHANNEL, DESTINATION, 10)] == ["payload 2"]
+    assert [e.payload for e in b.claim_run(store, CHANNEL, DESTINATION, 10) or []] == ["payload 2"]
+    assert b.claim_run(store, CHANNEL, "nothing-here", 10) == [], "empty, not held"
 
 
 def test_a_dead_nodes_claims_are_taken_over_after_the_lease(store: Engine) -> None:
     queue(store, ["p1", "p2"])
     dead, alive = QueueClaimer("node-a", 1), QueueClaimer("node-b", 1)
     claimed = dead.claim_run(store, CHANNEL, DESTINATION, 10)
-    assert len(claimed) == 2
-    assert alive.claim_run(store, CHANNEL, DESTINATION, 10) == []
+    assert claimed is not None and len(claimed) == 2
+    assert alive.claim_run(store, CHANNEL, DESTINATION, 10) is None
     time.sleep(1.2)  # node-a never renews: it is dead
     taken = alive.claim_run(store, CHANNEL, DESTINATION, 10)
+    assert taken is not None
     assert [e.payload for e in taken] == ["payload 0", "payload 1"]
     # node-a wakes up and tries to mark what is now node-b's: refused.
     with pytest.raises(IllegalTransition, match="no longer claimed by node-a"):
@@ -148,7 +151,7 @@ def test_a_head_not_due_is_returned_unclaimed_for_the_wait(store: Engine) -> Non
     with store.begin() as conn:
         conn.execute(update(queue_entries).values(next_attempt_at=later))
     a = QueueClaimer("node-a", 30)
-    [head] = a.claim_run(store, CHANNEL, DESTINATION, 10)
+    [head] = a.claim_run(store, CHANNEL, DESTINATION, 10) or []
     assert head.claimed_by is None and head.next_attempt_at == later
     heads = a.claim_heads(store, CHANNEL, DESTINATION, 10)
     assert heads.due == [] and heads.next_attempt_at == later
@@ -166,11 +169,11 @@ def test_a_stopped_destination_gives_back_only_its_own_claims(store: Engine) -> 
         )
         insert_inbound(record, duplicate_control=False)(conn)
     a, b = QueueClaimer("node-a", 30), QueueClaimer("node-b", 30)
-    assert len(a.claim_run(store, CHANNEL, DESTINATION, 10)) == 1
-    assert len(a.claim_run(store, CHANNEL, "pacs", 10)) == 1
+    assert len(a.claim_run(store, CHANNEL, DESTINATION, 10) or []) == 1
+    assert len(a.claim_run(store, CHANNEL, "pacs", 10) or []) == 1
     assert a.release(store, CHANNEL, DESTINATION) == 1
-    assert len(b.claim_run(store, CHANNEL, DESTINATION, 10)) == 1
-    assert b.claim_run(store, CHANNEL, "pacs", 10) == [], "still node-a's"
+    assert len(b.claim_run(store, CHANNEL, DESTINATION, 10) or []) == 1
+    assert b.claim_run(store, CHANNEL, "pacs", 10) is None, "still node-a's"
 
 
 @pytest.mark.parametrize("mode", ["keyed", "run"])
@@ -189,7 +192,7 @@ def test_three_racing_nodes_deliver_each_entry_once_in_order_per_key(
             if mode == "keyed":
                 batch = claimer.claim_heads(engine, CHANNEL, DESTINATION, 2).due
             else:
-                batch = claimer.claim_run(engine, CHANNEL, DESTINATION, 5)
+                batch = claimer.claim_run(engine, CHANNEL, DESTINATION, 5) or []
             for entry in batch:
                 with lock:  # "delivered": the receiver sees it now
                     deliveries.append((entry.order_key, entry.id))

@@ -62,16 +62,22 @@ class QueueClaimer:
 
     # -- one lane: the destination's head and the run behind it --------------------
 
-    def claim_run(self, engine: Engine, channel: str, destination: str, limit: int) -> list[Any]:
+    def claim_run(
+        self, engine: Engine, channel: str, destination: str, limit: int
+    ) -> list[QueueEntry] | None:
         """The destination's oldest QUEUED entries, claimed for this node (head first).
 
-        Empty when another node holds the head. When the head is not due yet it is
-        returned alone, unclaimed, so the worker knows how long to wait.
+        None when another node holds the head (it is delivering the destination);
+        empty when nothing is queued. When the head is not due yet it is returned
+        alone, unclaimed, so the worker knows how long to wait.
         """
         with engine.begin() as conn:
             head = self._lock_head(conn, queued_in(channel, destination))
-            if head is None or self._held_by_other(head):
-                return []
+            if head is None:
+                # Nothing queued, or another node is claiming the head this instant.
+                return [] if self._nothing_queued(conn, channel, destination) else None
+            if self._held_by_other(head):
+                return None
             entry = read_entry(head)
             if entry.next_attempt_at > now():
                 return [entry]
@@ -176,6 +182,11 @@ class QueueClaimer:
             .with_for_update(skip_locked=True)
         )
         return conn.execute(query).first()
+
+    @staticmethod
+    def _nothing_queued(conn: Connection, channel: str, destination: str) -> bool:
+        query = select(_q.id).where(*queued_in(channel, destination)).limit(1)
+        return conn.execute(query).first() is None
 
     def _claim(self, conn: Connection, which: ColumnElement[bool]) -> list[QueueEntry]:
         rows = conn.execute(
