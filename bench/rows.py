@@ -71,7 +71,7 @@ class Output:
     versions: dict[str, str] = field(default_factory=dict)
     count_label: str = "n"
     """What :attr:`Row.count` counts (messages, queries, rounds, studies)."""
-    sample_label: str = "samples"
+    sample_label: str = "each"
     """What :attr:`Row.samples` are (e.g. seconds per round)."""
 
     def __post_init__(self) -> None:
