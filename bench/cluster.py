@@ -35,9 +35,6 @@ import signal
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -49,18 +46,18 @@ from sqlalchemy.exc import OperationalError
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.cpu_use import CpuSample, CpuUse, postgres_pids  # noqa: E402
 from bench.mllp import _connection, build_messages  # noqa: E402
+from bench.pg import PG_ADMIN_URL, fresh_database, postgres_version  # noqa: E402
 from bench.rows import Output, Row, nearest_rank, write_json  # noqa: E402
 from tests.support.cluster import start_node  # noqa: E402
 from tests.support.hub_process import HubProcess  # noqa: E402
 
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 CHANNEL = REPO / "channels" / "orders-to-worklist.yaml"
 TARGET_RATIO = 1.7
 WARMUP_PER_CONNECTION = 20
 DRAIN_TIMEOUT_SECONDS = 180.0
 STATS_FLUSH_SECONDS = 1.1  # backends report their transaction counts at most once a second
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 TIMES = "\u00d7"
 
@@ -75,32 +72,6 @@ def worklist_channel(port: int) -> str:
     return yaml.safe_dump(channel, sort_keys=False)
 
 
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    """A throw-away PostgreSQL database (its URL), dropped afterwards."""
-    name = f"meridian_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def postgres_version() -> str:
-    """The server's version line, e.g. ``PostgreSQL 15.8``."""
-    admin = create_engine(PG_ADMIN_URL)
-    try:
-        with admin.connect() as conn:
-            full = str(conn.execute(text("SELECT version()")).scalar_one())
-    finally:
-        admin.dispose()
-    return " ".join(full.split()[:2])
-
-
 async def _load(ports: list[int], messages: list[bytes], connections: int) -> list[float]:
     """Send ``messages`` over ``connections``, connection i to ``ports[i % len(ports)]``."""
     latencies: list[float] = []
@@ -112,122 +83,6 @@ async def _load(ports: list[int], messages: list[bytes], connections: int) -> li
 
 
 # -- CPU accounting ------------------------------------------------------------------------
-
-
-def _process_seconds(pid: int, *, children: bool = False) -> float:
-    """CPU seconds (user + system) of ``pid`` so far; 0 when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    # After the command: state is field 3, utime 14, stime 15, cutime 16, cstime 17.
-    ticks = int(fields[11]) + int(fields[12])
-    if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / CLOCK_TICKS
-
-
-# PostgreSQL's own processes, shared by every database of the server.
-PG_BACKGROUND = ("walwriter", "checkpointer", "background writer", "autovacuum launcher")
-
-
-def postgres_pids(admin: Engine, database: str) -> list[int]:
-    """The backends of ``database`` and PostgreSQL's background writers (WAL, checkpoints)."""
-    with admin.connect() as conn:
-        pids = conn.execute(
-            text(
-                "SELECT pid FROM pg_stat_activity WHERE datname = :database"
-                " OR backend_type = ANY(:background)"
-            ),
-            {"database": database, "background": list(PG_BACKGROUND)},
-        ).scalars()
-        return [int(pid) for pid in pids]
-
-
-def _machine_busy_seconds() -> float:
-    """Busy CPU seconds of the whole machine since boot, over all cores."""
-    first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    values = [int(value) for value in first[:8]]
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values) - idle) / CLOCK_TICKS
-
-
-@dataclass
-class CpuSample:
-    """CPU counters at one instant."""
-
-    nodes: float
-    postgres: dict[int, float]
-    client: float
-    machine_busy: float
-    at: float
-
-    @classmethod
-    def take(cls, nodes: list[HubProcess], postgres: list[int]) -> CpuSample:
-        """Read the counters now (``postgres``: the PostgreSQL processes to count)."""
-        times = os.times()
-        return cls(
-            nodes=sum(_process_seconds(node.proc.pid) for node in nodes),
-            postgres={pid: _process_seconds(pid) for pid in postgres},
-            client=times.user + times.system,
-            machine_busy=_machine_busy_seconds(),
-            at=time.perf_counter(),
-        )
-
-
-@dataclass
-class CpuUse:
-    """CPU used between two samples, in cores (CPU seconds per second of wall time)."""
-
-    nodes: float
-    postgres: float
-    client: float
-    busy: float
-    """All processes of the machine."""
-    seconds: float
-
-    @classmethod
-    def between(cls, before: CpuSample, after: CpuSample) -> CpuUse:
-        """What was used from ``before`` to ``after``.
-
-        A PostgreSQL backend first seen in ``after`` started in between: all its
-        CPU counts.
-        """
-        seconds = max(after.at - before.at, 1e-9)
-        postgres = sum(cpu - before.postgres.get(pid, 0.0) for pid, cpu in after.postgres.items())
-        return cls(
-            nodes=(after.nodes - before.nodes) / seconds,
-            postgres=postgres / seconds,
-            client=(after.client - before.client) / seconds,
-            busy=(after.machine_busy - before.machine_busy) / seconds,
-            seconds=seconds,
-        )
-
-    @classmethod
-    def merge(cls, uses: list[CpuUse]) -> CpuUse:
-        """Several windows as one (each weighted by its length)."""
-        seconds = sum(use.seconds for use in uses)
-
-        def mean(part: str) -> float:
-            return sum(float(getattr(use, part)) * use.seconds for use in uses) / seconds
-
-        return cls(
-            nodes=mean("nodes"),
-            postgres=mean("postgres"),
-            client=mean("client"),
-            busy=mean("busy"),
-            seconds=seconds,
-        )
-
-    @property
-    def other(self) -> float:
-        """Cores used by the rest of the machine (other work running at the same time)."""
-        return max(0.0, self.busy - self.nodes - self.postgres - self.client)
-
-    def per_order_ms(self, cores: float, orders: int) -> float:
-        """``cores`` over this window as CPU milliseconds per order."""
-        return cores * self.seconds / orders * 1000
 
 
 # -- one node count ------------------------------------------------------------------------
