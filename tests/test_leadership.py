@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,7 +96,12 @@ def test_when_the_leaders_connection_dies_another_node_takes_over(pg_url: str, p
             ).all()
             conn.commit()
         assert killed == [(True,)]
-        assert second.check() is True, "PostgreSQL released the dead session's lock"
+        # pg_terminate_backend only signals: the session ends (and its lock goes) a moment
+        # later. The other node's periodic checks take over then.
+        deadline = time.monotonic() + 10
+        while not second.check():
+            assert time.monotonic() < deadline, "PostgreSQL released the dead session's lock"
+            time.sleep(0.05)
         assert first.check() is False, "the old leader notices it lost the lock"
     finally:
         asyncio.run(first.release())
