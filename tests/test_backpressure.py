@@ -18,17 +18,22 @@ import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any
 
-import hl7
 from pynetdicom import AE
 
-from connectors.base import InboundHandler, Origin
+from connectors.base import Origin
 from connectors.dicom_mwl import VERIFICATION, DicomListener, DicomListenerConfig
 from connectors.http_source import HttpSource, HttpSourceConfig
-from connectors.mllp import MLLPSource, MLLPSourceConfig
-from connectors.mllp_framing import MLLPFrameReader, encode_frame
-from engine.formats.hl7 import build_ack, decode, encode, parse
+from connectors.mllp_framing import encode_frame
+from tests.support.mllp_peer import (
+    LOCALHOST,
+    Peer,
+    ack_handler,
+    closed_by_server,
+    message,
+    msa,
+    serving,
+)
 
-LOCALHOST = "127.0.0.1"
 PROMPT = 1.0  # seconds: "answered promptly" on a loaded 2-core CI runner
 
 
@@ -37,81 +42,14 @@ def run(coro: Coroutine[Any, Any, Any], timeout: float = 20) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout=timeout))
 
 
-def message(control_id: str) -> bytes:
-    return (
-        f"MSH|^~\\&|RIS|HOSP|PACS|RAD|20240101120000||ORM^O01|{control_id}|P|2.5.1\r"
-        "PID|1||12345^^^HOSP^MR||DOE^JANE\rOBR|1|ORD1||CT^CT HEAD\r"
-    ).encode()
-
-
-async def ack_handler(raw: bytes, origin: Origin) -> bytes | None:
-    parsed = parse(decode(raw))
-    return encode(build_ack(parsed.header, "AA"), parsed.header)
-
-
-def msa(ack: bytes) -> tuple[str, str]:
-    segment = hl7.parse(ack.decode()).segment("MSA")
-    return str(segment[1]), str(segment[2])
-
-
-@contextlib.asynccontextmanager
-async def mllp(handler: InboundHandler = ack_handler, **settings: Any) -> AsyncIterator[MLLPSource]:
-    source = MLLPSource(MLLPSourceConfig(type="mllp", host=LOCALHOST, port=0, **settings))
-    await source.start(handler)
-    try:
-        yield source
-    finally:
-        await source.stop()
-
-
-class Client:
-    """A raw MLLP client over asyncio streams."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self._frames = MLLPFrameReader(10_000_000)
-        self._pending: list[bytes] = []
-
-    @classmethod
-    async def connect(cls, port: int) -> Client:
-        return cls(*await asyncio.open_connection(LOCALHOST, port))
-
-    async def read_frame(self, timeout: float = 5) -> bytes:
-        async with asyncio.timeout(timeout):
-            while not self._pending:
-                data = await self.reader.read(65536)
-                assert data, "server closed the connection instead of answering"
-                self._pending += [frame.payload for frame in self._frames.feed(data)]
-        return self._pending.pop(0)
-
-    async def exchange(self, control_id: str) -> tuple[str, str]:
-        self.writer.write(encode_frame(message(control_id)))
-        return msa(await self.read_frame())
-
-    async def closed_by_server(self, timeout: float) -> bool:
-        """True when the server closes the connection (EOF or reset) within ``timeout``."""
-        try:
-            async with asyncio.timeout(timeout):
-                while await self.reader.read(65536):
-                    pass
-        except ConnectionResetError:
-            pass
-        except TimeoutError:
-            return False
-        return True
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 async def prompt_exchanges(port: int, clients: int, tag: str) -> float:
     """``clients`` fresh connections exchange a message each, at once; the slowest time."""
 
     async def one(n: int) -> float:
         started = time.monotonic()
-        client = await Client.connect(port)
+        client = await Peer.connect(port)
         try:
-            assert await client.exchange(f"{tag}{n}") == ("AA", f"{tag}{n}")
+            assert await client.acknowledged(f"{tag}{n}", timeout=5) == ("AA", f"{tag}{n}")
         finally:
             client.close()
         return time.monotonic() - started
@@ -124,8 +62,8 @@ async def prompt_exchanges(port: int, clients: int, tag: str) -> float:
 
 def test_mllp_a_client_sending_byte_by_byte_does_not_stall_others() -> None:
     async def scenario() -> None:
-        async with mllp() as source:
-            slow = await Client.connect(source.bound_port)
+        async with serving() as source:
+            slow = await Peer.connect(source.bound_port)
             data = encode_frame(message("SLOW"))
 
             async def trickle() -> None:
@@ -140,7 +78,7 @@ def test_mllp_a_client_sending_byte_by_byte_does_not_stall_others() -> None:
             assert await prompt_exchanges(source.bound_port, 10, "FAST") < PROMPT
             assert not trickling.done()  # the others really were served meanwhile
             await trickling
-            assert msa(await slow.read_frame()) == ("AA", "SLOW")
+            assert msa(await slow.read_frame(timeout=5))[:2] == ("AA", "SLOW")
             slow.close()
 
     run(scenario())
@@ -148,9 +86,9 @@ def test_mllp_a_client_sending_byte_by_byte_does_not_stall_others() -> None:
 
 def test_mllp_silent_and_half_frame_clients_do_not_stall_others_and_are_cut_off() -> None:
     async def scenario() -> None:
-        async with mllp(idle_timeout_seconds=1.0) as source:
-            silent = await Client.connect(source.bound_port)
-            half = await Client.connect(source.bound_port)
+        async with serving(idle_timeout_seconds=1.0) as source:
+            silent = await Peer.connect(source.bound_port)
+            half = await Peer.connect(source.bound_port)
             half.writer.write(encode_frame(message("HALF"))[:40])  # then nothing more
             await asyncio.sleep(0.1)
             assert await prompt_exchanges(source.bound_port, 5, "OTHER") < PROMPT
@@ -166,8 +104,8 @@ def test_mllp_silent_and_half_frame_clients_do_not_stall_others_and_are_cut_off(
 
 def test_mllp_a_trickling_client_is_cut_off_when_its_frame_takes_longer_than_the_timeout() -> None:
     async def scenario() -> None:
-        async with mllp(idle_timeout_seconds=1.0) as source:
-            trickler = await Client.connect(source.bound_port)
+        async with serving(idle_timeout_seconds=1.0) as source:
+            trickler = await Peer.connect(source.bound_port)
 
             async def trickle() -> None:  # a byte every 0.1 s: never idle for 1 s
                 with contextlib.suppress(ConnectionError):
@@ -188,20 +126,20 @@ def test_mllp_a_trickling_client_is_cut_off_when_its_frame_takes_longer_than_the
 
 def test_mllp_connection_limit_refuses_extra_clients_while_the_admitted_ones_work() -> None:
     async def scenario() -> None:
-        async with mllp(max_connections=3) as source:
-            admitted = [await Client.connect(source.bound_port) for _ in range(3)]
+        async with serving(max_connections=3) as source:
+            admitted = [await Peer.connect(source.bound_port) for _ in range(3)]
             for n, client in enumerate(admitted):  # all three are being served
-                assert await client.exchange(f"IN{n}") == ("AA", f"IN{n}")
-            extra = await Client.connect(source.bound_port)
+                assert await client.acknowledged(f"IN{n}", timeout=5) == ("AA", f"IN{n}")
+            extra = await Peer.connect(source.bound_port)
             extra.writer.write(encode_frame(message("EXTRA")))
             assert await extra.closed_by_server(timeout=3)  # closed, never answered
             for n, client in enumerate(admitted):  # and go on working
-                assert await client.exchange(f"AGAIN{n}") == ("AA", f"AGAIN{n}")
+                assert await client.acknowledged(f"AGAIN{n}", timeout=5) == ("AA", f"AGAIN{n}")
             assert source.open_connections == 3
             admitted.pop().close()
             await asyncio.sleep(0.1)
-            late = await Client.connect(source.bound_port)  # a slot was freed
-            assert await late.exchange("LATE") == ("AA", "LATE")
+            late = await Peer.connect(source.bound_port)  # a slot was freed
+            assert await late.acknowledged("LATE", timeout=5) == ("AA", "LATE")
             for client in [*admitted, late]:
                 client.close()
 
@@ -215,7 +153,7 @@ def test_mllp_a_client_that_never_reads_its_acks_is_cut_off_not_held_forever() -
         return reply if b"GREEDY" in raw else await ack_handler(raw, origin)
 
     async def scenario() -> None:
-        async with mllp(big_replies, idle_timeout_seconds=1.0) as source:
+        async with serving(big_replies, idle_timeout_seconds=1.0) as source:
             greedy = socket.socket()
             greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             greedy.setblocking(False)
@@ -286,7 +224,7 @@ class HttpClient:
         return await self.status()
 
     async def closed_by_server(self, timeout: float) -> bool:
-        return await Client(self.reader, self.writer).closed_by_server(timeout)
+        return await closed_by_server(self.reader, timeout)
 
     def close(self) -> None:
         self.writer.close()

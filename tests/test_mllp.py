@@ -3,34 +3,36 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import hl7
 import pydantic
 import pytest
 
-from connectors.base import InboundHandler, Origin
+from connectors.base import Origin
 from connectors.mllp import (
     MLLPClient,
     MLLPSource,
     MLLPSourceConfig,
-    OversizeHandler,
     TLSConfig,
     client_ssl_context,
     send_messages,
 )
 from connectors.mllp_framing import HEAD_BYTES, MLLPFrameReader, encode_frame
 from engine.errors import RecoverableError
-from engine.formats.hl7 import build_ack, decode, encode, parse
+from tests.support.mllp_peer import (
+    LOCALHOST,
+    Peer,
+    ack_handler,
+    message,
+    msa,
+    serving,
+)
 from tests.support.tls import self_signed_certificate
-
-LOCALHOST = "127.0.0.1"
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -38,89 +40,13 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout=10))
 
 
-def message(control_id: str, name: str = "DOE^JANE") -> bytes:
-    return (
-        f"MSH|^~\\&|RIS|HOSP|PACS|RAD|20240101120000||ORM^O01|{control_id}|P|2.5.1\r"
-        f"PID|1||12345^^^HOSP^MR||{name}\rOBR|1|ORD1||CT^CT HEAD\r"
-    ).encode()
-
-
-async def ack_handler(raw: bytes, origin: Origin) -> bytes | None:
-    parsed = parse(decode(raw))
-    return encode(build_ack(parsed.header, "AA"), parsed.header)
-
-
-def msa(ack: bytes) -> tuple[str, str, str]:
-    """MSA-1, MSA-2 and MSA-3 of an ACK payload."""
-    segment = hl7.parse(ack.decode()).segment("MSA")
-    reason = str(segment[3]) if len(segment) > 3 else ""
-    return str(segment[1]), str(segment[2]), reason
-
-
-@contextlib.asynccontextmanager
-async def serving(
-    handler: InboundHandler = ack_handler,
-    on_oversize: OversizeHandler | None = None,
-    **settings: Any,
-) -> AsyncIterator[MLLPSource]:
-    source = MLLPSource(MLLPSourceConfig(type="mllp", host=LOCALHOST, port=0, **settings))
-    await source.start(handler, on_oversize)
-    try:
-        yield source
-    finally:
-        await source.stop()
-
-
-class Peer:
-    """A raw test client: keeps frames that arrived together, so pipelining can be tested."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self._frames = MLLPFrameReader(10_000_000)
-        self._pending: list[bytes] = []
-
-    def send(self, *payloads: bytes) -> None:
-        self.writer.write(b"".join(encode_frame(payload) for payload in payloads))
-
-    async def read_frame(self, timeout: float = 3) -> bytes:
-        async with asyncio.timeout(timeout):
-            while not self._pending:
-                data = await self.reader.read(65536)
-                assert data, "server closed the connection instead of answering"
-                self._pending += [frame.payload for frame in self._frames.feed(data)]
-        return self._pending.pop(0)
-
-    async def exchange(self, payload: bytes) -> bytes:
-        self.send(payload)
-        return await self.read_frame()
-
-    async def closed_by_server(self, timeout: float = 3) -> bool:
-        closed = await closed_by_server(self.reader, timeout)
-        self.close()
-        return closed
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 async def connect(source: MLLPSource) -> Peer:
-    return Peer(*await asyncio.open_connection(LOCALHOST, source.bound_port))
-
-
-async def closed_by_server(reader: asyncio.StreamReader, timeout: float = 3) -> bool:
-    """True when the server closes the connection (EOF or reset) within ``timeout``."""
-    try:
-        async with asyncio.timeout(timeout):
-            while await reader.read(65536):
-                pass
-    except ConnectionResetError:
-        pass
-    return True
+    return await Peer.connect(source.bound_port)
 
 
 async def still_serves(source: MLLPSource, control_id: str = "NEXT") -> None:
     peer = await connect(source)
-    assert msa(await peer.exchange(message(control_id)))[:2] == ("AA", control_id)
+    assert await peer.acknowledged(control_id) == ("AA", control_id)
     peer.close()
 
 
