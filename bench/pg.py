@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 from sqlalchemy import create_engine, text
 
+from tests.support.databases import PG_ADMIN_URL, throwaway_database
+
 __all__ = ["PG_ADMIN_URL", "fresh_database", "postgres_version"]
 
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
-
-@contextmanager
-def fresh_database() -> Iterator[str]:
+def fresh_database() -> AbstractContextManager[str]:
     """A throw-away PostgreSQL database (its URL), dropped afterwards."""
-    name = f"meridian_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    return throwaway_database("meridian_bench")
 
 
 def postgres_version() -> str:

@@ -79,8 +79,7 @@ class DestinationWorker:
         # Several nodes on one store: entries are claimed before delivery (None: one node).
         self._claimer = claimer
         self._wake = asyncio.Event()
-        self._stopping = False
-        self._stop_requested = asyncio.Event()  # ends a pause that ignores wakes
+        self._stop_requested = asyncio.Event()  # also ends a pause that ignores wakes
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -91,6 +90,10 @@ class DestinationWorker:
             self._run(), name=f"queue:{self.channel}/{self.destination}"
         )
 
+    @property
+    def _stopping(self) -> bool:
+        return self._stop_requested.is_set()
+
     def notify(self) -> None:
         """New entries were committed: wake the worker (safe from any thread)."""
         if self._loop is not None and not self._loop.is_closed():
@@ -98,9 +101,8 @@ class DestinationWorker:
 
     async def stop(self) -> None:
         """Finish the delivery in progress, then stop; queued entries stay for the next start."""
-        self._stopping = True
-        self._wake.set()
         self._stop_requested.set()
+        self._wake.set()
         if self._task is not None:
             await self._task
         await self._connector.close()
