@@ -12,9 +12,7 @@ a definite order; patients are spread over the nodes.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -27,7 +25,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from tests.support.cluster import relay_channel, start_node
 from tests.support.databases import postgres_database
-from tests.support.hub_process import HubProcess, free_port, wait_for_port
+from tests.support.hub_process import HubProcess, free_port, kill_when_frozen_state, wait_for_port
 from tests.support.mllp_client import frame, msa, read_frame
 from tests.support.mllp_receivers import Receiver, ack
 from tests.support.orders import orm
@@ -203,16 +201,9 @@ def kill_while_holding_claims(node: HubProcess, node_id: str, store: Engine) -> 
     held = (
         f"SELECT count(*) FROM queue_entries WHERE claimed_by = '{node_id}' AND status = 'QUEUED'"
     )
-    for _ in range(2000):
-        os.kill(node.proc.pid, signal.SIGSTOP)  # frozen: the store shows its state at the kill
-        claimed = scalar(store, held)
-        if claimed:
-            os.kill(node.proc.pid, signal.SIGKILL)
-            node.proc.wait(10)
-            return claimed
-        os.kill(node.proc.pid, signal.SIGCONT)
-        time.sleep(0.005)
-    raise AssertionError("the node was never caught holding claims")
+    return kill_when_frozen_state(
+        node, lambda: scalar(store, held), "holding claims", attempts=2000
+    )
 
 
 def test_a_node_killed_mid_load_loses_nothing_and_the_others_finish_its_work(

@@ -20,8 +20,6 @@ its measured rate and times.
 
 from __future__ import annotations
 
-import os
-import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.hub_process import HubProcess, start_hub
+from tests.support.hub_process import HubProcess, kill_when_frozen_state, start_hub
 from tests.support.mllp_load import LoadResult, ParallelSender
 from tests.support.modality import mwl_query
 from tests.support.orders import orm
@@ -93,16 +91,9 @@ def kill_mid_load(hub: HubProcess, sender: ParallelSender) -> set[int]:
     while sender.acked() < KILL_AFTER_ACKS:
         assert sender.running(), "the load ended before the kill"
         time.sleep(0.01)
-    for _ in range(500):
-        os.kill(hub.proc.pid, signal.SIGSTOP)
-        queued = queued_entries(hub.db_path)
-        if queued:
-            os.kill(hub.proc.pid, signal.SIGKILL)
-            hub.proc.wait(10)
-            return queued
-        os.kill(hub.proc.pid, signal.SIGCONT)
-        time.sleep(0.005)
-    raise AssertionError("the worklist queue was never caught with pending work")
+    return kill_when_frozen_state(
+        hub, lambda: queued_entries(hub.db_path), "with worklist work pending", attempts=500
+    )
 
 
 def resend(hub: HubProcess, messages: dict[int, bytes]) -> LoadResult:

@@ -9,13 +9,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -71,6 +73,27 @@ class HubProcess:
                 self.proc.kill()
                 self.proc.wait()
         return int(self.proc.returncode)
+
+
+def kill_when_frozen_state(
+    hub: HubProcess, observe: Callable[[], T], what: str, *, attempts: int
+) -> T:
+    """SIGKILL ``hub`` at a moment ``observe()`` (read while it is frozen) is truthy.
+
+    The hub is frozen (SIGSTOP) before each look, so what ``observe`` reads is
+    exactly its state at the kill; if it is not yet the wanted one, it is let go
+    on briefly. Returns what ``observe`` saw; fails after ``attempts`` looks.
+    """
+    for _ in range(attempts):
+        os.kill(hub.proc.pid, signal.SIGSTOP)
+        seen = observe()
+        if seen:
+            os.kill(hub.proc.pid, signal.SIGKILL)
+            hub.proc.wait(10)
+            return seen
+        os.kill(hub.proc.pid, signal.SIGCONT)
+        time.sleep(0.005)
+    raise AssertionError(f"the hub was never caught {what}")
 
 
 # A channel's engine-level destination fields, kept when a test replaces its connector.
