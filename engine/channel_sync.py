@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 #: How often a node looks for state changes made through another node.
 POLL_SECONDS = 2.0
 
+
 @dataclass(frozen=True, slots=True)
 class RecordedState:
     """What the cluster agreed a channel should be."""

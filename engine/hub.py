@@ -245,17 +245,6 @@ class Hub:
         if self.channel_sync is not None:
             await self.channel_sync.record(name, state, redeployed=redeployed)
 
-    async def _release_claims(self) -> None:
-        """A clean stop gives its claims back: the other nodes go on at once."""
-        if self._lease_keeper is not None:
-            await self._lease_keeper.stop()
-        services = self.services
-        if services is not None and services.claimer is not None:
-            try:
-                await asyncio.to_thread(services.claimer.release, services.engine)
-            except Exception as exc:  # the leases run out anyway
-                log.warning("could not release queue claims (%s)", type(exc).__name__)
-
     async def stop(self) -> None:
         """Stop listening, finish in-flight messages and deliveries, close the store."""
         if self.admin is not None:
@@ -263,8 +252,9 @@ class Hub:
         if self._state_follower is not None:
             await self._state_follower.stop()
         if self.control is not None:
-            await self.control.stop_all()
-        await self._release_claims()
+            await self.control.stop_all()  # each destination worker gives its claims back
+        if self._lease_keeper is not None:
+            await self._lease_keeper.stop()
         for job in self._periodic:
             await job.stop()
         if self.scheduler is not None:

@@ -140,7 +140,7 @@ def test_a_retry_and_a_clean_stop_give_the_claim_back(store: Engine) -> None:
     first, second = a.claim_heads(store, CHANNEL, DESTINATION, 10).due
     with store.begin() as conn:
         mark_retry(conn, first, now(), "peer down")
-    assert a.release(store) == 1  # the other one
+    assert a.release(store, CHANNEL, DESTINATION) == 1  # the other one
     taken = b.claim_heads(store, CHANNEL, DESTINATION, 10).due
     assert {e.id for e in taken} == {first.id, second.id}
 

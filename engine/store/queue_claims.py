@@ -138,19 +138,21 @@ class QueueClaimer:
             )
         return int(result.rowcount)
 
-    def release(
-        self, engine: Engine, channel: str | None = None, destination: str | None = None
-    ) -> int:
-        """Give back the entries this node holds (all, or one destination's): a clean stop.
+    def release(self, engine: Engine, channel: str, destination: str) -> int:
+        """Give back the entries of one destination this node holds (its worker stopped).
 
         The other nodes take them at once instead of waiting for the leases to run out.
         """
-        where = [_q.claimed_by == self.node, _q.status == MessageStatus.QUEUED.value]
-        if channel is not None and destination is not None:
-            where += [_q.channel == channel, _q.destination == destination]
         with engine.begin() as conn:
             result = conn.execute(
-                update(queue_entries).where(*where).values(claimed_by=None, lease_until=None)
+                update(queue_entries)
+                .where(
+                    _q.claimed_by == self.node,
+                    _q.status == MessageStatus.QUEUED.value,
+                    _q.channel == channel,
+                    _q.destination == destination,
+                )
+                .values(claimed_by=None, lease_until=None)
             )
         return int(result.rowcount)
 
